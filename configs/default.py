@@ -1,0 +1,84 @@
+"""Every field of a diffusion_jax run, with its meaning. Experiment configs start here.
+
+Run:  python -m diffusion_jax.main --config=configs/default.py --workdir=runs/default
+(the defaults are the CPU digits demo; see configs/digits.py for its result).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Base PRNG seed: parameter init, per-step noise, data order.
+
+  # --- Data: any tfds dataset, or one bundled with the package.
+  c.data = d = ml_collections.ConfigDict()
+  d.name = "sklearn_digits"  # tfds name ("cifar10", "imagenet2012", ...) or a bundled one.
+  d.data_dir = ""  # tfds data_dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  d.split = "train"  # tfds split expression, sharded across JAX processes.
+  d.image_key = "image"  # Feature holding the image.
+  d.label_key = "label"  # Feature holding the class label (used if num_classes > 0).
+  d.image_size = 8  # Images are resized (area) to image_size x image_size if needed.
+  d.channels = 1  # Image channels (1 grayscale, 3 RGB).
+  d.num_classes = 10  # Classes for conditioning; 0 = unconditional.
+  d.random_flip = False  # Random horizontal flips (not for digits: they change meaning).
+  d.shuffle_buffer = 2048  # Examples in the shuffle buffer (saved with checkpoints).
+  d.cache = True  # Cache decoded examples in memory (small datasets only).
+
+  # --- Model: the U-Net (diffusion_jax.models.UNetConfig).
+  c.model = m = ml_collections.ConfigDict()
+  m.ch = 32  # Base channel count.
+  m.ch_mult = (1, 2)  # Channel multiplier per resolution level; len = number of levels.
+  m.num_res_blocks = 2  # Residual blocks per level (the up path has one more).
+  m.attn_resolutions = (4,)  # Feature-map sizes (pixels) that get self-attention.
+  m.num_heads = 1  # Attention heads.
+  m.dropout = 0.1  # Dropout in residual blocks.
+  m.num_groups = 8  # GroupNorm groups; must divide every channel count.
+  m.scale_shift_norm = False  # ADM-style time-embedding scale/shift of the norm.
+  m.num_classes = d.get_ref("num_classes")  # Label embedding size (+1 null label).
+  m.out_channels = d.get_ref("channels")  # Output channels = image channels.
+  m.cond_image_channels = 0  # Channels of a concatenated conditioning image; 0 = none.
+  m.dtype = "float32"  # Compute dtype of the layers ("bfloat16" on TPU).
+
+  # --- Diffusion: the forward process and what the network predicts.
+  c.diffusion = f = ml_collections.ConfigDict()
+  f.schedule = "linear"  # Noise schedule: "linear" (DDPM betas) or "cosine".
+  f.num_steps = 1000  # Discrete steps T (times i/T); 0 = continuous time.
+  f.beta_start = 1e-4  # linear: first beta.
+  f.beta_end = 0.02  # linear: last beta.
+  f.cosine_s = 0.008  # cosine: offset s of Nichol & Dhariwal.
+  f.prediction = "eps"  # Network target: "eps", "v" or "x0".
+
+  # --- Training.
+  c.training = t = ml_collections.ConfigDict()
+  t.batch_size = 64  # Global batch, split over all devices of all processes.
+  t.num_steps = 3000  # Total optimizer steps.
+  t.label_dropout = 0.1  # Probability a label is replaced by the null label (CFG).
+  t.ema_decay = 0.999  # EMA of the parameters, used for sampling.
+  t.log_every = 100  # Steps between metric logs (stdout and TensorBoard).
+  t.checkpoint_every = 1000  # Steps between checkpoints (and one at the end).
+  t.keep_checkpoints = 3  # Checkpoints kept; older ones are deleted.
+  t.sample_at_end = True  # Write a sample set when training finishes.
+
+  # --- Optimizer: AdamW with warmup and global-norm clipping.
+  c.optim = o = ml_collections.ConfigDict()
+  o.lr = 2e-3  # Peak learning rate.
+  o.warmup_steps = 200  # Linear warmup from 0.
+  o.lr_schedule = "cosine"  # After warmup: "constant" or "cosine" (to 0 at the end).
+  o.grad_clip = 1.0  # Clip the gradient's global norm; 0 = off.
+  o.weight_decay = 0.0  # Decoupled weight decay.
+  o.b1 = 0.9  # Adam beta1.
+  o.b2 = 0.999  # Adam beta2.
+  o.eps = 1e-8  # Adam epsilon.
+
+  # --- Sampling (end of training and --mode=sample), from the EMA parameters.
+  c.sample = s = ml_collections.ConfigDict()
+  s.sampler = "ddim"  # "ddpm" (ancestral) or "ddim".
+  s.num_steps = 100  # Sampler steps = denoiser evaluations (NFE).
+  s.eta = 0.0  # DDIM noise: 0 deterministic, 1 = DDPM posterior.
+  s.guidance_scale = 1.0  # Classifier-free guidance: 1 = none, >1 stronger.
+  s.clip_denoised = True  # Clip x0_hat to [-1, 1] at every step.
+  s.num_samples = 100  # Samples per set; labels cycle evenly over the classes.
+  s.batch_size = 100  # Samples per compiled call (divisible by the device count).
+  s.seed = 1  # Sampling PRNG seed (independent of training).
+  return c

@@ -1,0 +1,148 @@
+"""Checks a run's config, mode and workdir before anything is compiled or written.
+
+Every check raises ConfigError with a one-line message naming the field.
+"""
+
+import json
+import os
+
+import jax
+
+from diffusion_jax import checkpoint, diffusion, samplers, schedules
+from diffusion_jax.data import pipeline
+from diffusion_jax.models.unet import UNetConfig, resolutions
+
+MODES = ("train", "sample")
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _require(ok: bool, msg: str) -> None:
+  if not ok:
+    raise ConfigError(msg)
+
+
+def model_config(config) -> UNetConfig:
+  try:
+    return UNetConfig.from_config(config.model)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"model: {e}") from None
+
+
+def model_meta(config) -> dict:
+  """What a checkpoint must agree on with the config to be restorable."""
+  return {"model": json.loads(json.dumps(vars(model_config(config)), default=list)),
+          "image_size": config.data.image_size, "channels": config.data.channels}
+
+
+def check_config(config, num_devices: int | None = None) -> None:
+  num_devices = num_devices or jax.device_count()
+  d, m, f, t, o, s = (config.data, config.model, config.diffusion, config.training,
+                      config.optim, config.sample)
+  mc = model_config(config)
+
+  _require(d.image_size > 0 and d.channels > 0, "data.image_size and data.channels must be > 0")
+  _require(d.num_classes >= 0, "data.num_classes must be >= 0")
+  _require(mc.out_channels == d.channels,
+           f"model.out_channels={mc.out_channels} != data.channels={d.channels}")
+  _require(mc.num_classes == d.num_classes,
+           f"model.num_classes={mc.num_classes} != data.num_classes={d.num_classes}")
+  levels = len(mc.ch_mult)
+  _require(levels >= 1, "model.ch_mult must have at least one level")
+  _require(d.image_size % 2 ** (levels - 1) == 0,
+           f"data.image_size={d.image_size} is not divisible by 2^{levels - 1}: "
+           f"the U-Net's {levels} levels (model.ch_mult={mc.ch_mult}) halve it {levels - 1} times")
+  res = resolutions(d.image_size, levels)
+  bad = [r for r in mc.attn_resolutions if r not in res]
+  _require(not bad, f"model.attn_resolutions {bad} are not feature-map sizes of this U-Net "
+           f"(image_size={d.image_size}, levels={levels}: sizes {res})")
+  for ch in {mc.ch * k for k in mc.ch_mult}:
+    _require(ch % mc.num_groups == 0,
+             f"model.num_groups={mc.num_groups} does not divide the channel count {ch}")
+    if mc.attn_resolutions:
+      _require(ch % mc.num_heads == 0,
+               f"model.num_heads={mc.num_heads} does not divide the channel count {ch}")
+  _require(0.0 <= mc.dropout < 1.0, "model.dropout must be in [0, 1)")
+  _require(mc.cond_image_channels == 0,
+           "model.cond_image_channels: image conditioning has no data pipeline yet")
+
+  _require(f.schedule in schedules.SCHEDULES,
+           f"diffusion.schedule={f.schedule!r} is unknown; known: {sorted(schedules.SCHEDULES)}")
+  _require(f.prediction in diffusion.PREDICTIONS,
+           f"diffusion.prediction={f.prediction!r} is unknown; known: {sorted(diffusion.PREDICTIONS)}")
+  _require(f.num_steps >= 0, "diffusion.num_steps must be >= 0 (0 = continuous time)")
+  _require(f.schedule != "linear" or f.num_steps > 0,
+           "diffusion.schedule='linear' is defined by its discrete betas: num_steps must be > 0")
+  _require(0 < f.beta_start < f.beta_end < 1, "diffusion: need 0 < beta_start < beta_end < 1")
+
+  _require(t.batch_size > 0 and t.num_steps > 0, "training.batch_size and num_steps must be > 0")
+  _require(t.batch_size % num_devices == 0,
+           f"training.batch_size={t.batch_size} is not divisible by the {num_devices} devices")
+  _require(t.batch_size % jax.process_count() == 0,
+           f"training.batch_size={t.batch_size} is not divisible by the {jax.process_count()} processes")
+  _require(0.0 <= t.label_dropout < 1.0, "training.label_dropout must be in [0, 1)")
+  _require(t.label_dropout == 0 or d.num_classes > 0,
+           "training.label_dropout > 0 needs class labels (data.num_classes > 0)")
+  _require(0.0 <= t.ema_decay < 1.0, "training.ema_decay must be in [0, 1)")
+  _require(t.log_every > 0 and t.checkpoint_every > 0 and t.keep_checkpoints > 0,
+           "training.log_every, checkpoint_every and keep_checkpoints must be > 0")
+
+  _require(o.lr > 0, "optim.lr must be > 0")
+  _require(o.lr_schedule in ("constant", "cosine"),
+           f"optim.lr_schedule={o.lr_schedule!r} is unknown; known: ['constant', 'cosine']")
+  _require(0 <= o.warmup_steps, "optim.warmup_steps must be >= 0")
+  _require(o.grad_clip >= 0 and o.weight_decay >= 0, "optim.grad_clip and weight_decay must be >= 0")
+
+  _require(s.sampler in samplers.SAMPLERS,
+           f"sample.sampler={s.sampler!r} is unknown; known: {sorted(samplers.SAMPLERS)}")
+  _require(s.num_steps > 0, "sample.num_steps must be > 0")
+  _require(not f.num_steps or s.num_steps <= f.num_steps,
+           f"sample.num_steps={s.num_steps} exceeds diffusion.num_steps={f.num_steps}")
+  _require(s.num_samples > 0 and s.batch_size > 0, "sample.num_samples and batch_size must be > 0")
+  _require(s.batch_size % num_devices == 0,
+           f"sample.batch_size={s.batch_size} is not divisible by the {num_devices} devices")
+  _require(s.guidance_scale == 1.0 or d.num_classes > 0,
+           "sample.guidance_scale != 1 needs a class-conditional model (data.num_classes > 0)")
+  _require(s.guidance_scale == 1.0 or t.label_dropout > 0,
+           "sample.guidance_scale != 1 needs an unconditional branch: training.label_dropout > 0")
+  _require(s.eta >= 0, "sample.eta must be >= 0")
+
+
+def check_data(config) -> None:
+  try:
+    pipeline.get_builder(config.data.name, config.data.data_dir or None)
+  except pipeline.DataError as e:
+    raise ConfigError(f"data: {e}") from None
+
+
+def check_workdir(config, workdir: str, mode: str) -> int | None:
+  """Checks the workdir against the mode and config; returns its latest checkpoint step."""
+  _require(bool(workdir), "--workdir is required")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"workdir {workdir!r} exists and is not a directory")
+  step = checkpoint.latest_step(workdir)
+  if mode == "sample":
+    _require(step is not None, f"--mode=sample: no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
+  if step is not None:
+    saved = checkpoint.read_meta(workdir, step)
+    want = model_meta(config)
+    if saved != want:
+      diff = sorted(k for k in set(saved["model"]) | set(want["model"])
+                    if saved["model"].get(k) != want["model"].get(k))
+      diff += [k for k in ("image_size", "channels") if saved.get(k) != want.get(k)]
+      raise ConfigError(f"workdir {workdir!r} holds a checkpoint (step {step}) of an "
+                        f"incompatible model: {', '.join(diff)} differ; use a new workdir")
+  return step
+
+
+def check_all(config, workdir: str, mode: str) -> int | None:
+  _require(mode in MODES, f"unknown --mode={mode!r}; known: {list(MODES)}")
+  check_config(config)
+  check_data(config)
+  return check_workdir(config, workdir, mode)
+
+
+__all__ = ["ConfigError", "MODES", "check_all", "check_config", "check_data",
+           "check_workdir", "model_config", "model_meta"]
