@@ -26,7 +26,7 @@ def _fail(msg: str) -> None:
 
 
 def main(argv):
-  if flags.FLAGS["verbosity"].using_default_value:
+  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file op at INFO.
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
