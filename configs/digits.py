@@ -14,7 +14,7 @@ from configs import default
 
 def get_config(arg: str = ""):
   c = default.get_config()
-  c.sample.guidance_scale = 2.0
+  c.sample.guidance_scale = 1.5  # Agreement vs diversity: see experiments/README.md.
   if arg == "runlocal":
     c.training.num_steps = 6
     c.training.log_every = 2

@@ -6,6 +6,7 @@ Config fields are overridden with --config.<field>=<value> (unknown fields are e
 """
 
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,6 +24,28 @@ _LABELS = flags.DEFINE_list("labels", None, "--mode=sample: class labels to samp
 def _fail(msg: str) -> None:
   print(f"error: {msg}", file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).replace("\\'", "'").replace("\\n", " ").split())
+
+
+def _parse_flags(argv):
+  """absl parsing, with every flag or config error as one line."""
+  try:
+    rest = flags.FLAGS(argv)
+    _ = _CONFIG.value and _CONFIG.value.seed  # Config files load lazily: load it now.
+    return rest
+  except flags.Error as e:
+    lines = str(e).strip().splitlines()
+    # A config file that raised: its last line names the exception and says why.
+    _fail(f"{lines[0]} {lines[-1].strip()}" if "Traceback" in str(e) else _one_line(e))
+  except OSError as e:
+    _fail(_one_line(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    msg = re.sub("'+", "'", _one_line(e)).rstrip("'")
+    _fail(f"bad config override ({' '.join(overrides)}): {msg}")
 
 
 def main(argv):
@@ -57,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -146,15 +146,15 @@ def write_sample_set(config, workdir, params, step, mesh, model=None, schedule=N
   return generate.write_samples(workdir, step, images, labels, nc)
 
 
-def load_ema_params(config, workdir: str, mesh):
-  """The latest checkpoint's EMA parameters and its step."""
+def load_state(config, workdir: str, mesh) -> train_state.TrainState:
+  """The latest checkpoint's full train state."""
   step = validate.check_workdir(config, workdir, "sample")
   model, _, tx = build(config)
   _, _, abstract = _init_fns(config, model, tx, mesh)
   manager = checkpoint.make_manager(workdir, config.training.keep_checkpoints, create=False)
   state = checkpoint.restore(manager, step, abstract)
   manager.close()
-  return state.ema_params, step
+  return state
 
 
 def sample_from_workdir(config, workdir: str, labels: np.ndarray | None = None,
@@ -169,11 +169,11 @@ def sample_from_workdir(config, workdir: str, labels: np.ndarray | None = None,
                                  f"[0, {max(nc, 1)}) for this model")
   mesh = mesh or parallel.make_mesh()
   validate.check_config(config, mesh.devices.size)
-  params, step = load_ema_params(config, workdir, mesh)
-  path = write_sample_set(config, workdir, params, step, mesh, labels=labels)
+  state = load_state(config, workdir, mesh)
+  path = write_sample_set(config, workdir, state.ema_params, int(state.step), mesh, labels=labels)
   print(f"samples: {path}", flush=True)
   return path
 
 
-__all__ = ["build", "load_ema_params", "sample_from_workdir", "save_config",
+__all__ = ["build", "load_state", "sample_from_workdir", "save_config",
            "train_and_evaluate", "write_sample_set"]

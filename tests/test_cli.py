@@ -1,0 +1,150 @@
+"""End to end through the command line, and every bad input's error."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, tiny_overrides
+
+
+def fmt(value):
+  if isinstance(value, tuple):
+    return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+def cli(workdir, *args, config="configs/digits.py", overrides=None, env=None, data_dir=None):
+  over = dict(tiny_overrides())
+  over.update(overrides or {})
+  cmd = [sys.executable, "-m", "diffusion_jax.main", f"--config={config}",
+         f"--workdir={workdir}"] + [f"--config.{k}={fmt(v)}" for k, v in over.items()]
+  cmd += list(args)
+  e = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+  if data_dir:
+    e["TFDS_DATA_DIR"] = data_dir
+  return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=e)
+
+
+def snapshot(path):
+  out = {}
+  for root, _, files in os.walk(path):
+    for f in files:
+      p = os.path.join(root, f)
+      st = os.stat(p)
+      out[p] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+QUICK = {"training.log_every": 1, "optim.warmup_steps": 1, "optim.lr_schedule": "constant"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+  """Trains 4 steps, then resumes to 6: the workdir shared by the tests below."""
+  wd = str(tmp_path_factory.mktemp("run") / "wd")
+  r1 = cli(wd, overrides={**QUICK, "training.num_steps": 4, "training.checkpoint_every": 2},
+           data_dir=data_dir)
+  assert r1.returncode == 0, r1.stderr[-3000:]
+  r2 = cli(wd, overrides={**QUICK, "training.num_steps": 6, "training.checkpoint_every": 2},
+           data_dir=data_dir)
+  assert r2.returncode == 0, r2.stderr[-3000:]
+  return wd, r1, r2
+
+
+def test_train_resume_and_files(trained):
+  wd, r1, r2 = trained
+  assert "new run" in r1.stdout and "step 4/4" in r1.stdout and "steps/s" in r1.stdout
+  assert "ETA" in r1.stdout
+  assert "resumed from" in r2.stdout and "steps 4->6" in r2.stdout
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["2", "4", "6"]  # Keep 3.
+  assert os.path.exists(os.path.join(wd, "config.json"))
+  # The resumed run's config differs (num_steps) and is kept beside the first.
+  assert os.path.exists(os.path.join(wd, "config_resumed_at_step_4.json"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "tensorboard")))
+  for step in (4, 6):
+    data = np.load(os.path.join(wd, "samples", f"step_{step}.npz"))
+    assert data["images"].shape == (10, 8, 8, 1) and data["images"].dtype == np.uint8
+    np.testing.assert_array_equal(data["labels"], np.arange(10))
+    assert os.path.getsize(os.path.join(wd, "samples", f"step_{step}.png")) > 0
+
+
+def test_sample_mode_with_labels_never_overwrites(trained, data_dir):
+  wd, _, _ = trained
+  r = cli(wd, "--mode=sample", "--labels=7,7,3", overrides={"sample.batch_size": 4},
+          data_dir=data_dir)
+  assert r.returncode == 0, r.stderr[-3000:]
+  data = np.load(os.path.join(wd, "samples", "step_6-1.npz"))
+  np.testing.assert_array_equal(data["labels"], [7, 7, 3])
+  assert data["images"].shape == (3, 8, 8, 1)
+  from PIL import Image
+  assert Image.open(os.path.join(wd, "samples", "step_6-1.png")).size[0] >= 32
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data_dir):
+  from configs import default
+  from diffusion_jax import parallel, train
+  from tests.conftest import apply_overrides
+  over = {**QUICK, "training.sample_at_end": False, "training.checkpoint_every": 100,
+          "model.dropout": 0.1}
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  assert cli(a, overrides={**over, "training.num_steps": 6}, data_dir=data_dir).returncode == 0
+  assert cli(b, overrides={**over, "training.num_steps": 3}, data_dir=data_dir).returncode == 0
+  r = cli(b, overrides={**over, "training.num_steps": 6}, data_dir=data_dir)
+  assert r.returncode == 0 and "resumed" in r.stdout, r.stderr[-2000:]
+  config = apply_overrides(default.get_config(), {**tiny_overrides(), **over})
+  config.data.data_dir = data_dir
+  mesh = parallel.make_mesh(1)
+  sa, sb = train.load_state(config, a, mesh), train.load_state(config, b, mesh)
+  assert int(sa.step) == int(sb.step) == 6
+  for x, y in zip(*(map(np.asarray, s) for s in (
+      __import__("jax").tree.leaves((sa.params, sa.ema_params, sa.opt_state)),
+      __import__("jax").tree.leaves((sb.params, sb.ema_params, sb.opt_state))))):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+BAD = [
+    ("unknown key", {}, ["--config.optim.lrr=1"], "'lrr' Did you mean \"lr\""),
+    ("wrong type", {}, ["--config.optim.lr=fast"], "lr"),
+    ("unknown mode", {}, ["--mode=eval"], "unknown --mode='eval'"),
+    ("image size vs depth", {"data.image_size": 7}, [], "not divisible by 2^1"),
+    ("attention resolution", {"model.attn_resolutions": (16,)}, [],
+     "attn_resolutions [16] are not feature-map sizes"),
+    ("unknown dataset", {"data.name": "no_such_dataset"}, [], "unknown dataset 'no_such_dataset'"),
+    ("missing data_dir", {"data.name": "cifar10", "data.data_dir": "/nonexistent/tfds"}, [],
+     "data_dir '/nonexistent/tfds' does not exist"),
+    ("unknown sampler", {"sample.sampler": "heun9"}, [], "sample.sampler='heun9' is unknown"),
+    ("sample without checkpoint", {}, ["--mode=sample"], "no checkpoint"),
+]
+
+
+@pytest.mark.parametrize("name,over,args,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, data_dir, name, over, args, message):
+  wd = str(tmp_path / "wd")
+  r = cli(wd, *args, overrides=over, data_dir=data_dir)
+  assert r.returncode != 0
+  assert message in r.stderr, r.stderr[-2000:]
+  lines = [l for l in r.stderr.splitlines() if l.startswith(("error:", "FATAL"))]
+  assert len(lines) == 1, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+  assert not os.path.exists(wd)
+
+
+def test_batch_not_divisible_by_devices(tmp_path, data_dir):
+  wd = str(tmp_path / "wd")
+  r = cli(wd, overrides={"training.batch_size": 12}, data_dir=data_dir,
+          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert r.returncode != 0
+  assert "training.batch_size=12 is not divisible by the 8 devices" in r.stderr, r.stderr[-2000:]
+  assert not os.path.exists(wd)
+
+
+def test_incompatible_checkpoint_is_refused_and_untouched(trained, data_dir):
+  wd, _, _ = trained
+  before = snapshot(wd)
+  r = cli(wd, overrides={"model.ch": 16}, data_dir=data_dir)
+  assert r.returncode != 0
+  assert "incompatible model: ch differ" in r.stderr, r.stderr[-2000:]
+  assert snapshot(wd) == before
