@@ -42,12 +42,28 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Diffusion: the forward process and what the network predicts.
   c.diffusion = f = ml_collections.ConfigDict()
-  f.schedule = "linear"  # Noise schedule: "linear" (DDPM betas) or "cosine".
-  f.num_steps = 1000  # Discrete steps T (times i/T); 0 = continuous time.
+  # Process: "linear" (DDPM betas), "cosine", "vp", "subvp", "ve", "edm", "flow".
+  f.schedule = "linear"
+  f.num_steps = 1000  # Discrete steps T (times i/T) for linear/cosine; 0 = continuous time.
   f.beta_start = 1e-4  # linear: first beta.
   f.beta_end = 0.02  # linear: last beta.
   f.cosine_s = 0.008  # cosine: offset s of Nichol & Dhariwal.
-  f.prediction = "eps"  # Network target: "eps", "v" or "x0".
+  f.beta_min = 0.1  # vp, subvp: beta(0) of score_sde's SDE.
+  f.beta_max = 20.0  # vp, subvp: beta(1).
+  f.sigma_min = 0.002  # ve, edm: smallest noise level.
+  f.sigma_max = 80.0  # ve, edm: largest noise level.
+  f.rho = 7.0  # edm: warp of the sigma grid.
+  # Network target: "eps", "x0", "v", "score", "edm" (preconditioned F), "flow" (velocity).
+  f.prediction = "eps"
+  f.sigma_data = 0.5  # edm target and weighting: the data's standard deviation.
+  # Loss weighting: "simple", "snr", "min_snr", "edm", "likelihood", "elbo".
+  f.weighting = "simple"
+  f.min_snr_gamma = 5.0  # min_snr: gamma.
+  # Training times: "uniform", "lognormal" (EDM), "importance" (by the weighting).
+  f.time_sampling = "uniform"
+  f.t_min = 1e-5  # Continuous time: smallest training time.
+  f.p_mean = -1.2  # lognormal: mean of log lambda (lambda = sigma / alpha).
+  f.p_std = 1.2  # lognormal: std of log lambda.
 
   # --- Training.
   c.training = t = ml_collections.ConfigDict()

@@ -10,12 +10,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 from PIL import Image
 
 from diffusion_jax import diffusion, parallel, samplers
 from diffusion_jax.models.unet import Cond, UNet
-from diffusion_jax.schedules import Schedule
 
 
 def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
@@ -35,7 +35,7 @@ def to_uint8(x) -> np.ndarray:
   return np.asarray(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255)).astype(np.uint8)
 
 
-def make_sample_fn(model: UNet, schedule: Schedule, prediction: str,
+def make_sample_fn(model: UNet, diff: diffusion.Diffusion,
                    cfg: samplers.SamplerConfig, image_shape: tuple, mesh
                    ) -> Callable[[object, jax.Array, jax.Array], jax.Array]:
   """A compiled fn(params, key, labels) -> images in [-1, 1], sharded over `data`."""
@@ -45,11 +45,12 @@ def make_sample_fn(model: UNet, schedule: Schedule, prediction: str,
     return lambda x, t, cond: model.apply({"params": params}, x, t, cond)
 
   def fn(params, key, labels):
-    denoise = diffusion.make_denoiser(apply(params), schedule, prediction)
+    denoise = diffusion.make_denoiser(apply(params), diff)
     if num_classes:
       denoise = samplers.guided(denoise, cfg.guidance_scale, num_classes)
     cond = Cond(labels=labels if num_classes else None)
-    return samplers.sample(denoise, schedule, cfg, (labels.shape[0],) + image_shape, cond, key)
+    return samplers.sample(denoise, diff.schedule, cfg, (labels.shape[0],) + image_shape, cond,
+                           key)
 
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=data)
@@ -59,12 +60,17 @@ def generate(sample_fn, params, labels: np.ndarray, batch_size: int, seed: int,
              mesh) -> np.ndarray:
   """Samples one image per label, in batches of batch_size; returns uint8 images."""
   key = jax.random.key(seed)
+  per_process = batch_size // jax.process_count()
+  lo = jax.process_index() * per_process
   out = []
   for i, start in enumerate(range(0, len(labels), batch_size)):
     chunk = labels[start:start + batch_size]
     padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), np.int32)])
-    lab = jax.device_put(padded, parallel.data_sharded(mesh))
+    # Every process holds all labels and feeds its own slice of the global batch.
+    lab = parallel.global_batch(padded[lo:lo + per_process], mesh)
     images = sample_fn(params, jax.random.fold_in(key, i), lab)
+    if jax.process_count() > 1:
+      images = multihost_utils.process_allgather(images, tiled=True)
     out.append(to_uint8(images)[:len(chunk)])
   return np.concatenate(out)
 

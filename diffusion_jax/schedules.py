@@ -1,13 +1,19 @@
-"""Noise schedules as pure functions of continuous time t in [0, 1].
+"""Forward processes as pure functions of continuous time t in [0, 1].
 
-A schedule gives the forward process x_t = alpha(t) x_0 + sigma(t) eps. The
-variance-preserving (VP) schedules here have alpha^2 + sigma^2 = 1 and are defined
-by their log signal-to-noise ratio, log_snr(t) = log(alpha^2 / sigma^2):
+A schedule gives x_t = alpha(t) x_0 + sigma(t) eps, eps ~ N(0, I), and
+log_snr(t) = log(alpha^2 / sigma^2), decreasing in t. Families:
 
-  alpha^2 = sigmoid(log_snr),  sigma^2 = sigmoid(-log_snr).
+  linear, cosine, vp   variance preserving (alpha^2 + sigma^2 = 1): DDPM's discrete
+                       linear betas, Nichol & Dhariwal's cosine, score_sde's
+                       continuous VP SDE (beta(t) linear in t);
+  subvp                score_sde's sub-VP: alpha as VP, sigma = 1 - alpha^2;
+  ve                   variance exploding (SMLD): alpha = 1, geometric sigma;
+  edm                  Karras et al.: alpha = 1, sigma from sigma_min to sigma_max on
+                       the rho-warped grid sigma(t)^(1/rho) linear in t;
+  flow                 rectified flow / flow matching: alpha = 1 - t, sigma = t.
 
-Computing alpha and sigma from log_snr keeps both accurate at the ends, where
-1 - alpha^2 would lose precision.
+VP schedules compute alpha and sigma from log_snr (alpha^2 = sigmoid(log_snr)),
+which keeps both accurate at the ends where 1 - alpha^2 loses precision.
 """
 
 from typing import Callable, NamedTuple
@@ -82,9 +88,62 @@ def cosine(s: float = 0.008, num_steps: int = 0, log_snr_min: float = -20.0,
   return from_log_snr(log_snr, num_steps)
 
 
+def _vp_log_alpha(t, beta_min, beta_max):
+  t = jnp.asarray(t, jnp.float32)
+  return -0.25 * t**2 * (beta_max - beta_min) - 0.5 * t * beta_min
+
+
+def vp(beta_min: float = 0.1, beta_max: float = 20.0) -> Schedule:
+  """score_sde's continuous VP SDE: beta(t) = beta_min + t (beta_max - beta_min)."""
+  def log_snr(t):
+    two_log_a = 2.0 * _vp_log_alpha(t, beta_min, beta_max)
+    return two_log_a - jnp.log(-jnp.expm1(two_log_a))
+  return from_log_snr(log_snr)
+
+
+def subvp(beta_min: float = 0.1, beta_max: float = 20.0) -> Schedule:
+  """score_sde's sub-VP SDE: alpha as VP, sigma(t) = 1 - alpha(t)^2 (below VP's)."""
+  alpha = lambda t: jnp.exp(_vp_log_alpha(t, beta_min, beta_max))
+  sigma = lambda t: -jnp.expm1(2.0 * _vp_log_alpha(t, beta_min, beta_max))
+  return Schedule(alpha=alpha, sigma=sigma,
+                  log_snr=lambda t: 2.0 * (jnp.log(alpha(t)) - jnp.log(sigma(t))))
+
+
+def ve(sigma_min: float = 0.01, sigma_max: float = 50.0) -> Schedule:
+  """SMLD / score_sde VE SDE: sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
+  log_min, log_max = np.log(sigma_min), np.log(sigma_max)
+  log_sigma = lambda t: log_min + jnp.asarray(t, jnp.float32) * (log_max - log_min)
+  return Schedule(alpha=lambda t: jnp.ones_like(jnp.asarray(t, jnp.float32)),
+                  sigma=lambda t: jnp.exp(log_sigma(t)),
+                  log_snr=lambda t: -2.0 * log_sigma(t))
+
+
+def edm(sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Schedule:
+  """Karras et al. (2022): alpha = 1, sigma(t)^(1/rho) linear from sigma_min to sigma_max."""
+  lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+  sigma = lambda t: (lo + jnp.asarray(t, jnp.float32) * (hi - lo)) ** rho
+  return Schedule(alpha=lambda t: jnp.ones_like(jnp.asarray(t, jnp.float32)), sigma=sigma,
+                  log_snr=lambda t: -2.0 * jnp.log(sigma(t)))
+
+
+def flow(t_max: float = 0.999) -> Schedule:
+  """Rectified flow / flow matching: x_t = (1 - t) x_0 + t eps.
+
+  alpha(1) = 0 makes log_snr infinite at t = 1; times are clipped to t_max.
+  """
+  clip = lambda t: jnp.minimum(jnp.asarray(t, jnp.float32), t_max)
+  return Schedule(alpha=lambda t: 1.0 - clip(t), sigma=clip,
+                  log_snr=lambda t: 2.0 * (jnp.log1p(-clip(t)) - jnp.log(clip(t))))
+
+
 SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "linear": linear,
     "cosine": cosine,
+    "vp": vp,
+    "subvp": subvp,
+    "ve": ve,
+    "edm": edm,
+    "flow": flow,
 }
 
 
@@ -96,9 +155,32 @@ def get_schedule(name: str, **kwargs) -> Schedule:
 
 def from_config(diffusion_cfg) -> Schedule:
   """The schedule a config's `diffusion` section describes."""
-  name = diffusion_cfg.schedule
-  if name == "linear":
-    return linear(diffusion_cfg.beta_start, diffusion_cfg.beta_end, diffusion_cfg.num_steps)
-  if name == "cosine":
-    return cosine(diffusion_cfg.cosine_s, diffusion_cfg.num_steps)
-  return get_schedule(name)
+  f = diffusion_cfg
+  builders = {
+      "linear": lambda: linear(f.beta_start, f.beta_end, f.num_steps),
+      "cosine": lambda: cosine(f.cosine_s, f.num_steps),
+      "vp": lambda: vp(f.beta_min, f.beta_max),
+      "subvp": lambda: subvp(f.beta_min, f.beta_max),
+      "ve": lambda: ve(f.sigma_min, f.sigma_max),
+      "edm": lambda: edm(f.sigma_min, f.sigma_max, f.rho),
+      "flow": lambda: flow(),
+  }
+  if f.schedule not in builders:
+    raise ValueError(f"unknown noise schedule {f.schedule!r}; known: {sorted(builders)}")
+  return builders[f.schedule]()
+
+
+def lam(schedule: Schedule, t):
+  """lambda(t) = sigma / alpha, the noise level of x_t / alpha_t = x_0 + lambda eps."""
+  return schedule.sigma(t) / schedule.alpha(t)
+
+
+def lambda_inverse(schedule: Schedule, t_min: float = 0.0, t_max: float = 1.0,
+                   points: int = 20001):
+  """A jittable t(lambda) for lambda in [lambda(t_min), lambda(t_max)], by interpolating
+  log lambda on a dense grid (lambda is strictly increasing in t)."""
+  ts = np.linspace(t_min, t_max, points)
+  log_lams = np.log(np.asarray(lam(schedule, jnp.asarray(ts, jnp.float32)), np.float64))
+  keep = np.concatenate([[True], np.diff(log_lams) > 0])  # Drop float32 ties.
+  log_lams, ts = log_lams[keep].astype(np.float32), ts[keep].astype(np.float32)
+  return lambda l: jnp.interp(jnp.log(l), log_lams, ts)

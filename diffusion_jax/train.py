@@ -11,18 +11,18 @@ import time
 import jax
 import numpy as np
 
-from diffusion_jax import checkpoint, generate, parallel, schedules, train_state, validate
+from diffusion_jax import checkpoint, diffusion, generate, parallel, train_state, validate
 from diffusion_jax.data import pipeline
 from diffusion_jax.metric_writer import MetricWriter, Timer
 from diffusion_jax.models.unet import UNet
 
 
 def build(config):
-  """The model, schedule and optimizer a config describes."""
+  """The model, diffusion process and optimizer a config describes."""
   model = UNet(validate.model_config(config))
-  schedule = schedules.from_config(config.diffusion)
+  diff = diffusion.from_config(config.diffusion)
   tx = train_state.make_optimizer(config.optim, config.training.num_steps)
-  return model, schedule, tx
+  return model, diff, tx
 
 
 def _init_fns(config, model, tx, mesh):
@@ -67,10 +67,11 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> train_state.TrainStat
   mesh = mesh or parallel.make_mesh()
   validate.check_config(config, mesh.devices.size)
   os.makedirs(workdir, exist_ok=True)
-  save_config(config, workdir, start_step)
+  if jax.process_index() == 0:
+    save_config(config, workdir, start_step)
   tcfg = config.training
   total = tcfg.num_steps
-  model, schedule, tx = build(config)
+  model, diff, tx = build(config)
   init, key, abstract = _init_fns(config, model, tx, mesh)
   writer = MetricWriter(os.path.join(workdir, "tensorboard"), total)
 
@@ -88,8 +89,7 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> train_state.TrainStat
 
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   step_fn = jax.jit(
-      train_state.make_train_step(model, tx, schedule, config.diffusion.prediction,
-                                  tcfg.ema_decay, tcfg.label_dropout),
+      train_state.make_train_step(model, tx, diff, tcfg.ema_decay, tcfg.label_dropout),
       in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
   lr_fn = train_state.learning_rate_schedule(config.optim, total)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
@@ -125,24 +125,25 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> train_state.TrainStat
       checkpoint.save(manager, step, state, it, meta)
 
   if tcfg.sample_at_end:
-    path = write_sample_set(config, workdir, state.ema_params, step, mesh, model, schedule)
+    path = write_sample_set(config, workdir, state.ema_params, step, mesh, model, diff)
     writer.log(f"samples: {path}")
   manager.close()
   writer.close()
   return state
 
 
-def write_sample_set(config, workdir, params, step, mesh, model=None, schedule=None,
+def write_sample_set(config, workdir, params, step, mesh, model=None, diff=None,
                      labels=None) -> str:
   if model is None:
-    model, schedule, _ = build(config)
+    model, diff, _ = build(config)
   scfg = config.sample
   nc = config.data.num_classes
   labels = generate.balanced_labels(scfg.num_samples, nc) if labels is None else labels
-  fn = generate.make_sample_fn(model, schedule, config.diffusion.prediction,
-                               generate.sampler_config(scfg),
+  fn = generate.make_sample_fn(model, diff, generate.sampler_config(scfg),
                                (config.data.image_size,) * 2 + (config.data.channels,), mesh)
   images = generate.generate(fn, params, labels, scfg.batch_size, scfg.seed, mesh)
+  if jax.process_index() != 0:
+    return ""
   return generate.write_samples(workdir, step, images, labels, nc)
 
 

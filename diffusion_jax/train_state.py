@@ -9,7 +9,6 @@ import optax
 
 from diffusion_jax import diffusion
 from diffusion_jax.models.unet import Cond, UNet
-from diffusion_jax.schedules import Schedule
 
 Array = jax.Array
 
@@ -73,8 +72,8 @@ def drop_labels(rng: Array, labels: Array, p: float, null_label: int) -> Array:
   return jnp.where(jax.random.uniform(rng, labels.shape) < p, null_label, labels)
 
 
-def make_train_step(model: UNet, tx: optax.GradientTransformation, schedule: Schedule,
-                    prediction: str, ema_decay: float, label_dropout: float
+def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusion.Diffusion,
+                    ema_decay: float, label_dropout: float
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Builds train_step(state, batch) -> (state, metrics).
 
@@ -96,7 +95,7 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, schedule: Sch
         return model.apply({"params": params}, x_t, t, Cond(labels=labels,
                            image=batch.get("cond_image")), train=True,
                            rngs={"dropout": dropout_key})
-      return diffusion.denoising_loss(apply, schedule, prediction, batch["image"], loss_key)
+      return diffusion.denoising_loss(apply, diff, batch["image"], loss_key)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

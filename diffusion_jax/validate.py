@@ -72,10 +72,25 @@ def check_config(config, num_devices: int | None = None) -> None:
            f"diffusion.schedule={f.schedule!r} is unknown; known: {sorted(schedules.SCHEDULES)}")
   _require(f.prediction in diffusion.PREDICTIONS,
            f"diffusion.prediction={f.prediction!r} is unknown; known: {sorted(diffusion.PREDICTIONS)}")
+  _require(f.weighting in diffusion.WEIGHTINGS,
+           f"diffusion.weighting={f.weighting!r} is unknown; known: {sorted(diffusion.WEIGHTINGS)}")
+  _require(f.time_sampling in ("uniform", "lognormal", "importance"),
+           f"diffusion.time_sampling={f.time_sampling!r} is unknown; "
+           "known: ['importance', 'lognormal', 'uniform']")
   _require(f.num_steps >= 0, "diffusion.num_steps must be >= 0 (0 = continuous time)")
   _require(f.schedule != "linear" or f.num_steps > 0,
            "diffusion.schedule='linear' is defined by its discrete betas: num_steps must be > 0")
+  _require(f.schedule in ("linear", "cosine") or f.num_steps == 0,
+           f"diffusion.num_steps={f.num_steps}: schedule {f.schedule!r} is continuous-time; "
+           "set diffusion.num_steps=0")
+  _require(f.time_sampling != "importance" or (f.weighting != "simple" and f.num_steps == 0),
+           "diffusion.time_sampling='importance' needs a weighting other than 'simple' "
+           "and continuous time (num_steps=0)")
   _require(0 < f.beta_start < f.beta_end < 1, "diffusion: need 0 < beta_start < beta_end < 1")
+  _require(0 < f.beta_min < f.beta_max, "diffusion: need 0 < beta_min < beta_max")
+  _require(0 < f.sigma_min < f.sigma_max, "diffusion: need 0 < sigma_min < sigma_max")
+  _require(f.sigma_data > 0 and f.rho > 0, "diffusion.sigma_data and rho must be > 0")
+  _require(0 < f.t_min < 1, "diffusion.t_min must be in (0, 1)")
 
   _require(t.batch_size > 0 and t.num_steps > 0, "training.batch_size and num_steps must be > 0")
   _require(t.batch_size % num_devices == 0,
@@ -103,6 +118,8 @@ def check_config(config, num_devices: int | None = None) -> None:
   _require(s.num_samples > 0 and s.batch_size > 0, "sample.num_samples and batch_size must be > 0")
   _require(s.batch_size % num_devices == 0,
            f"sample.batch_size={s.batch_size} is not divisible by the {num_devices} devices")
+  _require(s.batch_size % jax.process_count() == 0,
+           f"sample.batch_size={s.batch_size} is not divisible by the {jax.process_count()} processes")
   _require(s.guidance_scale == 1.0 or d.num_classes > 0,
            "sample.guidance_scale != 1 needs a class-conditional model (data.num_classes > 0)")
   _require(s.guidance_scale == 1.0 or t.label_dropout > 0,

@@ -35,12 +35,12 @@ class JaxBench:
     config = cifar10_ddpm.get_config()
     config.training.batch_size = batch
     mesh = parallel.make_mesh()
-    model, schedule, tx = train.build(config)
+    model, diff, tx = train.build(config)
     init, key, _ = train._init_fns(config, model, tx, mesh)
     self.batch = batch
     self.state = init(key)
     self.params = sum(v.size for v in jax.tree.leaves(self.state.params))
-    self.step = jax.jit(train_state.make_train_step(model, tx, schedule, "eps", 0.9999, 0.0),
+    self.step = jax.jit(train_state.make_train_step(model, tx, diff, 0.9999, 0.0),
                         donate_argnums=(0,))
     self.fwd = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, Cond()))
     rng = np.random.default_rng(0)

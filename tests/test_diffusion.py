@@ -55,16 +55,17 @@ def test_loss_is_zero_for_the_true_target_and_positive_otherwise():
   sch = SCHEDS["linear"]
   x0 = jnp.zeros((32, 2, 2, 1))  # With x0 = 0, x_t = sigma eps: eps is recoverable.
   exact = lambda xt, t: xt / sch.sigma(t)[:, None, None, None]
-  loss, aux = diffusion.denoising_loss(exact, sch, "eps", x0, jax.random.key(3))
+  d = diffusion.make(sch, "eps")
+  loss, aux = diffusion.denoising_loss(exact, d, x0, jax.random.key(3))
   assert float(loss) < 1e-8
   assert aux["per_example"].shape == (32,)
-  wrong, _ = diffusion.denoising_loss(lambda xt, t: jnp.zeros_like(xt), sch, "eps", x0,
+  wrong, _ = diffusion.denoising_loss(lambda xt, t: jnp.zeros_like(xt), d, x0,
                                       jax.random.key(3))
   assert float(wrong) == pytest.approx(1.0, abs=0.15)  # E[eps^2] = 1.
 
 
 def test_discrete_time_sampling_is_on_the_grid():
-  t = diffusion.sample_time(jax.random.key(0), 4096, 1000)
+  t = diffusion.uniform_times(4096, jax.random.key(0), 1000, 1e-5)
   idx = np.asarray(t) * 1000
   np.testing.assert_allclose(idx, np.round(idx), atol=1e-3)
   assert idx.min() >= 1 and idx.max() <= 1000

@@ -19,15 +19,58 @@ def test_linear_reproduces_ddpm_alpha_bars():
   assert float(sch.sigma(0.001)) ** 2 == pytest.approx(1e-4, rel=1e-3)
 
 
-@pytest.mark.parametrize("name", sorted(schedules.SCHEDULES))
-def test_variance_preserving_and_monotone(name):
+@pytest.mark.parametrize("name", ["linear", "cosine", "vp"])
+def test_variance_preserving(name):
   sch = schedules.get_schedule(name)
   t = jnp.linspace(0.0, 1.0, 2001)
-  a, s, l = sch.alpha(t), sch.sigma(t), sch.log_snr(t)
-  np.testing.assert_allclose(a**2 + s**2, 1.0, atol=1e-6)
-  assert np.all(np.diff(np.asarray(l)) < 0), "log-SNR must decrease strictly"
-  assert np.all(np.isfinite(np.asarray(l)))
-  np.testing.assert_allclose(np.asarray(l), np.log(a**2) - np.log(s**2), rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(sch.alpha(t) ** 2 + sch.sigma(t) ** 2, 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(schedules.SCHEDULES))
+def test_log_snr_is_consistent_and_strictly_decreasing(name):
+  sch = schedules.get_schedule(name)
+  t = jnp.linspace(1e-3, 0.99, 2001)
+  a, s, l = (np.asarray(f(t), np.float64) for f in (sch.alpha, sch.sigma, sch.log_snr))
+  assert np.all(np.diff(l) < 0), "log-SNR must decrease strictly"
+  assert np.all(np.isfinite(l))
+  np.testing.assert_allclose(l, np.log(a**2) - np.log(s**2), rtol=1e-3, atol=2e-3)
+
+
+def test_closed_forms_of_each_process():
+  t = np.array([0.0, 0.1, 0.5, 0.9, 1.0])
+  tj = jnp.asarray(t)
+  log_a = -0.25 * t**2 * (20.0 - 0.1) - 0.5 * t * 0.1
+  np.testing.assert_allclose(schedules.vp().alpha(tj), np.exp(log_a), rtol=1e-5)
+  np.testing.assert_allclose(schedules.subvp().sigma(tj), 1 - np.exp(2 * log_a), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(schedules.subvp().alpha(tj), np.exp(log_a), rtol=1e-5)
+  np.testing.assert_allclose(schedules.ve(0.01, 50.0).sigma(tj), 0.01 * 5000.0**t, rtol=1e-5)
+  np.testing.assert_allclose(schedules.ve().alpha(tj), 1.0)
+  edm = schedules.edm(0.002, 80.0, 7.0)
+  np.testing.assert_allclose(edm.sigma(jnp.asarray([0.0, 1.0])), [0.002, 80.0], rtol=1e-5)
+  root = np.asarray(edm.sigma(tj)) ** (1 / 7)  # Linear in t on the rho-warped scale.
+  np.testing.assert_allclose(np.diff(root) / np.diff(t), (80 ** (1 / 7) - 0.002 ** (1 / 7)),
+                             rtol=1e-4)
+  fl = schedules.flow()
+  np.testing.assert_allclose(fl.alpha(tj[:4]), 1 - t[:4], atol=1e-7)
+  np.testing.assert_allclose(fl.sigma(tj[:4]), t[:4], atol=1e-7)
+
+
+def test_continuous_vp_is_the_limit_of_ddpm_betas():
+  """score_sde: beta_min = T beta_start, beta_max = T beta_end gives DDPM as T grows."""
+  ddpm, cont = schedules.linear(1e-4, 0.02, 1000), schedules.vp(0.1, 20.0)
+  t = jnp.linspace(0.01, 1.0, 100)
+  la_d = np.log(np.asarray(ddpm.alpha(t), np.float64))
+  la_c = np.log(np.asarray(cont.alpha(t), np.float64))
+  # They differ by O(1/T): DDPM's beta_i sits at the start of its step, not the middle.
+  np.testing.assert_allclose(la_d, la_c, rtol=0.01, atol=5e-4)
+
+
+@pytest.mark.parametrize("name", sorted(schedules.SCHEDULES))
+def test_lambda_inverse_round_trips(name):
+  sch = schedules.get_schedule(name)
+  t_of = schedules.lambda_inverse(sch, 1e-3, 0.99)
+  t = jnp.linspace(0.01, 0.98, 50)
+  np.testing.assert_allclose(t_of(schedules.lam(sch, t)), t, atol=2e-4)
 
 
 def test_cosine_endpoints_and_closed_form():

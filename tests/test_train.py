@@ -20,11 +20,11 @@ def tiny_config(**extra):
 
 def setup(config, mesh=None):
   mesh = mesh or parallel.make_mesh(1)
-  model, schedule, tx = train.build(config)
+  model, diff, tx = train.build(config)
   init, key, _ = train._init_fns(config, model, tx, mesh)
-  step = train_state.make_train_step(model, tx, schedule, config.diffusion.prediction,
-                                     config.training.ema_decay, config.training.label_dropout)
-  return model, schedule, init(key), jax.jit(step), mesh
+  step = train_state.make_train_step(model, tx, diff, config.training.ema_decay,
+                                     config.training.label_dropout)
+  return model, diff, init(key), jax.jit(step), mesh
 
 
 def fake_batch(n=16, seed=0):
@@ -49,13 +49,13 @@ def test_train_step_is_deterministic():
 def test_tiny_model_overfits_one_batch():
   config = tiny_config(**{"optim.lr": 3e-3, "optim.warmup_steps": 10,
                           "optim.lr_schedule": "constant", "training.label_dropout": 0.0})
-  model, schedule, state, step, _ = setup(config)
+  model, diff, state, step, _ = setup(config)
   batch = fake_batch(8, seed=1)
 
   def eval_loss(params):
     apply = lambda x, t: model.apply({"params": params}, x, t,
                                      train_state.Cond(labels=jnp.asarray(batch["label"])))
-    losses = [diffusion.denoising_loss(apply, schedule, "eps", jnp.asarray(batch["image"]),
+    losses = [diffusion.denoising_loss(apply, diff, jnp.asarray(batch["image"]),
                                        jax.random.key(k))[0] for k in range(8)]
     return float(np.mean(losses))
 
