@@ -89,9 +89,21 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Sampling (end of training and --mode=sample), from the EMA parameters.
   c.sample = s = ml_collections.ConfigDict()
-  s.sampler = "ddim"  # "ddpm" (ancestral) or "ddim".
-  s.num_steps = 100  # Sampler steps = denoiser evaluations (NFE).
+  # "ddpm", "ddim", "euler", "heun", "em", "pc", "dpmpp_2m" (see diffusion_jax/samplers.py).
+  s.sampler = "ddim"
+  s.num_steps = 100  # Grid steps N (NFE = N; heun 2N - 1; pc N + corrector_steps (N - 1)).
+  s.grid = "uniform"  # Time grid: "uniform" in t, or "edm" (lambda^(1/rho) uniform).
+  s.rho = 7.0  # edm grid: warp.
+  s.t_min = 1e-3  # Continuous time: last nonzero time of the grid.
+  s.t_max = 1.0  # First time of the grid.
+  s.lambda_max = float("inf")  # Start no noisier than sigma/alpha = lambda_max (EDM: 80).
   s.eta = 0.0  # DDIM noise: 0 deterministic, 1 = DDPM posterior.
+  s.churn = 0.0  # euler/heun: EDM's S_churn (stochasticity); 0 = deterministic.
+  s.churn_min = 0.0  # Churn only for lambda in [churn_min, churn_max].
+  s.churn_max = 1e9
+  s.churn_noise = 1.0  # EDM's S_noise.
+  s.corrector_steps = 1  # pc: Langevin corrector steps per time.
+  s.corrector_snr = 0.16  # pc: Langevin signal-to-noise ratio.
   s.guidance_scale = 1.0  # Classifier-free guidance: 1 = none, >1 stronger.
   s.clip_denoised = True  # Clip x0_hat to [-1, 1] at every step.
   s.num_samples = 100  # Samples per set; labels cycle evenly over the classes.

@@ -26,9 +26,12 @@ def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
 
 
 def sampler_config(sample_cfg) -> samplers.SamplerConfig:
+  c = sample_cfg
   return samplers.SamplerConfig(
-      name=sample_cfg.sampler, num_steps=sample_cfg.num_steps, eta=sample_cfg.eta,
-      guidance_scale=sample_cfg.guidance_scale, clip_denoised=sample_cfg.clip_denoised)
+      name=c.sampler, num_steps=c.num_steps, eta=c.eta, guidance_scale=c.guidance_scale,
+      clip_denoised=c.clip_denoised, grid=c.grid, rho=c.rho, t_min=c.t_min, t_max=c.t_max,
+      lambda_max=c.lambda_max, churn=c.churn, churn_min=c.churn_min, churn_max=c.churn_max,
+      churn_noise=c.churn_noise, corrector_steps=c.corrector_steps, snr=c.corrector_snr)
 
 
 def to_uint8(x) -> np.ndarray:

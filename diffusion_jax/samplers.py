@@ -1,9 +1,19 @@
 """Samplers over the denoiser view x0_hat = D(x_t, t, cond).
 
-A sampler only sees a denoiser, the schedule and a decreasing time grid
-1 = t_N > ... > t_0 = 0; each step makes one denoiser call (NFE = N, doubled in
-batch, not in calls, under classifier-free guidance). The whole loop runs inside
-one compiled function (lax.fori_loop).
+A sampler sees only a denoiser, the process (schedule) and a decreasing time grid
+t_max = t_0 > ... > t_N = 0, so any parameterisation, any process, or an analytic
+denoiser plugs in. Each runs as one compiled loop (lax.fori_loop). With
+y = x / alpha and lambda = sigma / alpha, every process's probability-flow ODE is
+dy/dlambda = (y - D) / lambda (Karras et al. 2022), which Euler, Heun and DPM-Solver
+integrate; DDIM is exactly its Euler step.
+
+  ddpm        ancestral: draws from q(x_s | x_t, x0 = D)              NFE = N
+  ddim        DDIM(eta); eta = 1 matches ddpm                            NFE = N
+  euler       probability-flow ODE, Euler (optional churn)               NFE = N
+  heun        EDM's 2nd-order Heun (optional churn)                      NFE = 2N - 1
+  em          reverse SDE, Euler-Maruyama                                NFE = N
+  pc          em predictor + Langevin corrector (Song et al. 2021)      NFE = N + c (N - 1)
+  dpmpp_2m    DPM-Solver++(2M), multistep (Lu et al. 2022)               NFE = N
 """
 
 from typing import Callable, NamedTuple
@@ -12,22 +22,79 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.diffusion import Denoiser
+from diffusion_jax import schedules as schedules_lib
+from diffusion_jax.diffusion import Denoiser, _derivs
 from diffusion_jax.models.unet import Cond
 from diffusion_jax.schedules import Schedule
 
 Array = jax.Array
 
 
-def time_grid(schedule: Schedule, num_steps: int) -> np.ndarray:
-  """num_steps + 1 decreasing times from 1 to 0, on the schedule's grid if discrete."""
-  if schedule.num_steps:
-    if num_steps > schedule.num_steps:
-      raise ValueError(f"{num_steps} sampling steps exceed the schedule's "
-                       f"{schedule.num_steps} discrete steps")
-    idx = np.round(np.linspace(schedule.num_steps, 0, num_steps + 1)).astype(np.int64)
-    return (idx / schedule.num_steps).astype(np.float32)
-  return np.linspace(1.0, 0.0, num_steps + 1, dtype=np.float32)
+class SamplerConfig(NamedTuple):
+  name: str = "ddim"
+  num_steps: int = 100  # N: grid intervals (see the table above for NFE).
+  eta: float = 0.0  # ddim noise.
+  guidance_scale: float = 1.0
+  clip_denoised: bool = True
+  grid: str = "uniform"  # "uniform" in t, or "edm": lambda^(1/rho) uniform.
+  rho: float = 7.0
+  t_min: float = 1e-3  # Continuous time: the last nonzero time of the grid.
+  t_max: float = 1.0
+  # Start where lambda = sigma / alpha reaches lambda_max, if that is before t_max
+  # (EDM starts every process at 80; flow's lambda(t_max) is ~1000).
+  lambda_max: float = float("inf")
+  churn: float = 0.0  # euler/heun: EDM's S_churn (0 = deterministic).
+  churn_min: float = 0.0  # Churn only where lambda in [churn_min, churn_max].
+  churn_max: float = float("inf")
+  churn_noise: float = 1.0  # EDM's S_noise.
+  corrector_steps: int = 1  # pc: Langevin steps per time.
+  snr: float = 0.16  # pc: Langevin signal-to-noise ratio.
+
+
+def nfe(cfg: SamplerConfig) -> int:
+  """Denoiser evaluations per sample (a guided evaluation counts once)."""
+  n = cfg.num_steps
+  return {"heun": 2 * n - 1, "pc": n + cfg.corrector_steps * (n - 1)}.get(cfg.name, n)
+
+
+def time_grid(schedule: Schedule, num_steps: int, grid: str = "uniform", rho: float = 7.0,
+              t_min: float = 1e-3, t_max: float = 1.0,
+              lambda_max: float = float("inf")) -> np.ndarray:
+  """num_steps + 1 decreasing times ending at 0; on the schedule's grid if discrete."""
+  with jax.ensure_compile_time_eval():  # A constant, even when called under jit.
+    if np.isfinite(lambda_max):
+      lo = 1.0 / schedule.num_steps if schedule.num_steps else t_min
+      t_cap = float(schedules_lib.lambda_inverse(schedule, lo, t_max)(jnp.float32(lambda_max)))
+      t_max = min(t_max, t_cap)
+    return _time_grid(schedule, num_steps, grid, rho, t_min, t_max)
+
+
+def _time_grid(schedule, num_steps, grid, rho, t_min, t_max):
+  n = schedule.num_steps
+  if n and num_steps > n:
+    raise ValueError(f"{num_steps} sampling steps exceed the schedule's {n} discrete steps")
+  if grid == "uniform":
+    if n:
+      idx = np.round(np.linspace(n, 0, num_steps + 1)).astype(np.int64)
+      return (idx / n).astype(np.float32)
+    return np.linspace(t_max, 0.0, num_steps + 1, dtype=np.float32)
+  if grid == "edm":
+    t_lo = 1.0 / n if n else t_min
+    lo, hi = (float(schedules_lib.lam(schedule, jnp.float32(v))) for v in (t_lo, t_max))
+    if num_steps == 1:
+      lams = np.array([hi])
+    else:
+      lams = (hi ** (1 / rho) + np.arange(num_steps) / (num_steps - 1)
+              * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    t_of = schedules_lib.lambda_inverse(schedule, t_lo, t_max)
+    ts = np.array(t_of(jnp.asarray(lams, jnp.float32)), np.float32)
+    ts[0] = t_max  # Exactly, despite interpolation.
+    return np.concatenate([ts, [0.0]]).astype(np.float32)
+  raise ValueError(f"unknown time grid {grid!r}; known: ['edm', 'uniform']")
+
+
+def _full(t, x):
+  return jnp.full((x.shape[0],), t, jnp.float32)
 
 
 def _coeffs(schedule: Schedule, t: Array, s: Array):
@@ -56,18 +123,129 @@ def ddim_step(schedule: Schedule, x: Array, x0: Array, t: Array, s: Array, key: 
   return a_s * x0 + direction * eps + c * jax.random.normal(key, x.shape, x.dtype)
 
 
-SAMPLERS: dict[str, Callable[..., Array]] = {
-    "ddpm": ddpm_step,
-    "ddim": ddim_step,
+def _one_step_sampler(step_fn):
+  def run(denoise, schedule, grid, x, cond, key, cfg):
+    times = jnp.asarray(grid)
+
+    def body(i, x):
+      t, s = times[i], times[i + 1]
+      x0 = denoise(x, _full(t, x), cond)
+      return step_fn(schedule, x, x0, t, s, jax.random.fold_in(key, i), eta=cfg.eta)
+    return jax.lax.fori_loop(0, len(times) - 1, body, x)
+  return run
+
+
+def _ode_sampler(second_order: bool):
+  """Euler / Heun on dy/dlambda = (y - D) / lambda, with EDM's optional churn."""
+
+  def run(denoise, schedule, grid, x, cond, key, cfg):
+    lam = lambda t: schedules_lib.lam(schedule, t)
+    n = len(grid) - 1
+    times = jnp.asarray(grid)
+    with jax.ensure_compile_time_eval():
+      t_of = schedules_lib.lambda_inverse(schedule, float(grid[-2]), float(grid[0]))
+    gamma_max = min(cfg.churn / n, np.sqrt(2.0) - 1.0)
+
+    def d_of(y, t):
+      return denoise(schedule.alpha(t) * y, _full(t, y), cond)
+
+    def body(i, y):
+      t, t_next = times[i], times[i + 1]
+      l, l_next = lam(t), lam(t_next)
+      if cfg.churn > 0:
+        gamma = jnp.where((l >= cfg.churn_min) & (l <= cfg.churn_max), gamma_max, 0.0)
+        l_hat = l * (1.0 + gamma)
+        z = jax.random.normal(jax.random.fold_in(key, i), y.shape)
+        y = y + jnp.sqrt(jnp.maximum(l_hat**2 - l**2, 0.0)) * cfg.churn_noise * z
+        t = jnp.where(gamma > 0, t_of(l_hat), t)
+        l = lam(t)
+      slope = (y - d_of(y, t)) / l
+      y_next = y + (l_next - l) * slope
+      if second_order:
+        slope2 = (y_next - d_of(y_next, t_next)) / l_next
+        y_next = y + (l_next - l) * 0.5 * (slope + slope2)
+      return y_next
+
+    y = x / schedule.alpha(times[0])
+    y = jax.lax.fori_loop(0, n - 1, body, y)
+    # Last step to lambda = 0: the Euler step lands exactly on D.
+    return d_of(y, times[n - 1])
+
+  return run
+
+
+def _score(schedule, x, x0, t):
+  a, s = schedule.alpha(t), schedule.sigma(t)
+  return -(x - a * x0) / (s * s)
+
+
+def _sde_sampler(corrector: bool):
+  """Reverse SDE dx = [f x - g^2 score] dt + g dW (Euler-Maruyama), optionally with a
+  Langevin corrector at each time (predictor-corrector)."""
+
+  def run(denoise, schedule, grid, x, cond, key, cfg):
+    n = len(grid) - 1
+    times = jnp.asarray(grid)
+
+    def langevin(x, t, key):
+      for j in range(cfg.corrector_steps):
+        k = jax.random.fold_in(key, j)
+        grad = _score(schedule, x, denoise(x, _full(t, x), cond), t)
+        z = jax.random.normal(k, x.shape)
+        # Norms averaged over the batch, as in score_sde: per-example ratios blow up
+        # wherever a gradient is near zero, which is common in low dimensions.
+        norm = lambda v: jnp.mean(jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1)))
+        step = 2.0 * (cfg.snr * norm(z) / jnp.maximum(norm(grad), 1e-12)) ** 2
+        x = x + step * grad + jnp.sqrt(2.0 * step) * z
+      return x
+
+    def body(i, x):
+      t, s = times[i], times[i + 1]
+      k_pred, k_corr = jax.random.split(jax.random.fold_in(key, i))
+      if corrector:
+        x = langevin(x, t, k_corr)
+      a, sig, da, dsig = _derivs(schedule, t)
+      f = da / a
+      g2 = 2.0 * sig * dsig - 2.0 * f * sig * sig
+      score = _score(schedule, x, denoise(x, _full(t, x), cond), t)
+      dt = t - s
+      return x - (f * x - g2 * score) * dt + jnp.sqrt(g2 * dt) * jax.random.normal(k_pred, x.shape)
+
+    x = jax.lax.fori_loop(0, n - 1, body, x)
+    return denoise(x, _full(times[n - 1], x), cond)
+
+  return run
+
+
+def _dpmpp_2m(denoise, schedule, grid, x, cond, key, cfg):
+  """DPM-Solver++(2M) in half-log-SNR h = log(alpha / sigma), data prediction."""
+  n = len(grid) - 1
+  times = jnp.asarray(grid)
+  half_log_snr = lambda t: 0.5 * schedule.log_snr(t)
+
+  def body(i, carry):
+    x, d_prev, h_prev = carry
+    t, s = times[i], times[i + 1]
+    d = denoise(x, _full(t, x), cond)
+    h = half_log_snr(s) - half_log_snr(t)
+    r = h_prev / h
+    d_hat = jnp.where(i == 0, d, (1 + 1 / (2 * r)) * d - (1 / (2 * r)) * d_prev)
+    x = (schedule.sigma(s) / schedule.sigma(t)) * x - schedule.alpha(s) * jnp.expm1(-h) * d_hat
+    return x, d, h
+
+  x, _, _ = jax.lax.fori_loop(0, n - 1, body, (x, jnp.zeros_like(x), jnp.float32(1.0)))
+  return denoise(x, _full(times[n - 1], x), cond)
+
+
+SAMPLERS: dict[str, Callable] = {
+    "ddpm": _one_step_sampler(ddpm_step),
+    "ddim": _one_step_sampler(ddim_step),
+    "euler": _ode_sampler(second_order=False),
+    "heun": _ode_sampler(second_order=True),
+    "em": _sde_sampler(corrector=False),
+    "pc": _sde_sampler(corrector=True),
+    "dpmpp_2m": _dpmpp_2m,
 }
-
-
-class SamplerConfig(NamedTuple):
-  name: str = "ddim"
-  num_steps: int = 100
-  eta: float = 0.0
-  guidance_scale: float = 1.0
-  clip_denoised: bool = True
 
 
 def guided(denoise: Denoiser, scale: float, null_label: int) -> Denoiser:
@@ -91,20 +269,18 @@ def guided(denoise: Denoiser, scale: float, null_label: int) -> Denoiser:
 
 def sample(denoise: Denoiser, schedule: Schedule, cfg: SamplerConfig, shape: tuple,
            cond, key: Array) -> Array:
-  """Draws samples of `shape` (batch, H, W, C). Returns x_0 in [-1, 1] if clipped."""
+  """Draws samples of `shape` from the prior at t_max down to t = 0."""
   if cfg.name not in SAMPLERS:
     raise ValueError(f"unknown sampler {cfg.name!r}; known: {sorted(SAMPLERS)}")
-  step_fn = SAMPLERS[cfg.name]
-  times = jnp.asarray(time_grid(schedule, cfg.num_steps))
+  times = time_grid(schedule, cfg.num_steps, cfg.grid, cfg.rho, cfg.t_min, cfg.t_max,
+                    cfg.lambda_max)
+  if cfg.name in ("heun", "euler", "em", "pc", "dpmpp_2m") and len(times) < 3:
+    raise ValueError(f"sampler {cfg.name!r} needs at least 2 steps")
+  if cfg.clip_denoised:
+    inner = denoise
+    denoise = lambda x, t, c: jnp.clip(inner(x, t, c), -1.0, 1.0)
   prior_key, loop_key = jax.random.split(key)
+  # The prior: x_0's contribution alpha(t_max) x_0 is negligible next to sigma(t_max).
   x = schedule.sigma(times[0]) * jax.random.normal(prior_key, shape, jnp.float32)
-
-  def body(i, x):
-    t, s = times[i], times[i + 1]
-    x0 = denoise(x, jnp.full((shape[0],), t), cond)
-    if cfg.clip_denoised:
-      x0 = jnp.clip(x0, -1.0, 1.0)
-    return step_fn(schedule, x, x0, t, s, jax.random.fold_in(loop_key, i), eta=cfg.eta)
-
-  x = jax.lax.fori_loop(0, cfg.num_steps, body, x)
+  x = SAMPLERS[cfg.name](denoise, schedule, times, x, cond, loop_key, cfg)
   return jnp.clip(x, -1.0, 1.0) if cfg.clip_denoised else x

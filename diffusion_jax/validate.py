@@ -113,6 +113,14 @@ def check_config(config, num_devices: int | None = None) -> None:
   _require(s.sampler in samplers.SAMPLERS,
            f"sample.sampler={s.sampler!r} is unknown; known: {sorted(samplers.SAMPLERS)}")
   _require(s.num_steps > 0, "sample.num_steps must be > 0")
+  _require(s.sampler in ("ddpm", "ddim") or s.num_steps >= 2,
+           f"sample.sampler={s.sampler!r} needs sample.num_steps >= 2")
+  _require(s.grid in ("uniform", "edm"),
+           f"sample.grid={s.grid!r} is unknown; known: ['edm', 'uniform']")
+  _require(0 < s.t_min < s.t_max <= 1, "sample: need 0 < t_min < t_max <= 1")
+  _require(s.lambda_max > 0 and s.rho > 0, "sample.lambda_max and rho must be > 0")
+  _require(s.churn >= 0 and s.corrector_steps >= 0 and s.corrector_snr > 0,
+           "sample.churn and corrector_steps must be >= 0, corrector_snr > 0")
   _require(not f.num_steps or s.num_steps <= f.num_steps,
            f"sample.num_steps={s.num_steps} exceeds diffusion.num_steps={f.num_steps}")
   _require(s.num_samples > 0 and s.batch_size > 0, "sample.num_samples and batch_size must be > 0")
