@@ -1,0 +1,24 @@
+"""Digits with rectified flow / flow matching: x_t = (1 - t) x_0 + t eps, velocity
+target, uniform t; sampled with Euler on the probability-flow ODE.
+
+Command:
+  python -m diffusion_jax.main --config=configs/digits_flow.py --workdir=runs/digits_flow
+Result: experiments/README.md (NFE study). Smoke test: --config=configs/digits_flow.py:runlocal
+"""
+
+from configs import digits
+
+
+def get_config(arg: str = ""):
+  c = digits.get_config(arg)
+  f = c.diffusion
+  f.schedule = "flow"
+  f.num_steps = 0
+  f.prediction = "flow"
+  f.t_min = 1e-3
+  s = c.sample
+  s.sampler = "euler"
+  s.grid = "uniform"
+  s.num_steps = 5 if arg == "runlocal" else 50
+  s.t_max = 0.999
+  return c
