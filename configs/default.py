@@ -109,4 +109,17 @@ def get_config() -> ml_collections.ConfigDict:
   s.num_samples = 100  # Samples per set; labels cycle evenly over the classes.
   s.batch_size = 100  # Samples per compiled call (divisible by the device count).
   s.seed = 1  # Sampling PRNG seed (independent of training).
+
+  # --- Likelihood evaluation (--mode=eval), from the EMA parameters.
+  c.eval = e = ml_collections.ConfigDict()
+  e.split = "test"  # tfds split to evaluate.
+  e.num_examples = 0  # Examples to evaluate; 0 = the whole split.
+  e.batch_size = 64  # Examples per compiled call (divisible by the device count).
+  e.method = "ode"  # "ode" (probability flow, any process) or "vlb" (discrete bound).
+  e.ode_steps = 200  # Heun steps, geometric in lambda (2 evaluations each).
+  e.hutchinson_probes = 1  # Rademacher probes for the divergence.
+  e.t_min = 1e-5  # The data is taken as x at t_min.
+  e.t_max = 1.0  # The prior's time (flow: < 1).
+  e.lambda_max = float("inf")  # Cap on sigma/alpha at the prior.
+  e.seed = 2  # Dequantisation and probe noise.
   return c

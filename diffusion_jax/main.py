@@ -1,7 +1,8 @@
 """Command line: python -m diffusion_jax.main --config=configs/digits.py --workdir=DIR.
 
   --mode=train   train (resuming from DIR's latest checkpoint), then sample;
-  --mode=sample  write a sample set from DIR's latest checkpoint (EMA params).
+  --mode=sample  write a sample set from DIR's latest checkpoint (EMA params);
+  --mode=eval    bits/dim of a data split under DIR's latest checkpoint (config.eval).
 Config fields are overridden with --config.<field>=<value> (unknown fields are errors).
 """
 
@@ -17,7 +18,7 @@ import numpy as np  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-_MODE = flags.DEFINE_string("mode", "train", "train | sample")
+_MODE = flags.DEFINE_string("mode", "train", "train | sample | eval")
 _LABELS = flags.DEFINE_list("labels", None, "--mode=sample: class labels to sample, e.g. 0,0,7.")
 
 
@@ -73,8 +74,11 @@ def main(argv):
     validate.check_all(config, workdir, mode)
     if mode == "train":
       train.train_and_evaluate(config, workdir)
-    else:
+    elif mode == "sample":
       train.sample_from_workdir(config, workdir, labels)
+    else:
+      from diffusion_jax import evaluate
+      evaluate.evaluate_likelihood(config, workdir)
   except (validate.ConfigError, DataError) as e:
     _fail(str(e))
 

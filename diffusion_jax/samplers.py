@@ -64,7 +64,7 @@ def time_grid(schedule: Schedule, num_steps: int, grid: str = "uniform", rho: fl
   with jax.ensure_compile_time_eval():  # A constant, even when called under jit.
     if np.isfinite(lambda_max):
       lo = 1.0 / schedule.num_steps if schedule.num_steps else t_min
-      t_cap = float(schedules_lib.lambda_inverse(schedule, lo, t_max)(jnp.float32(lambda_max)))
+      t_cap = float(schedules_lib.t_for_lambda(schedule, [lambda_max], lo, t_max)[0])
       t_max = min(t_max, t_cap)
     return _time_grid(schedule, num_steps, grid, rho, t_min, t_max)
 
@@ -86,9 +86,8 @@ def _time_grid(schedule, num_steps, grid, rho, t_min, t_max):
     else:
       lams = (hi ** (1 / rho) + np.arange(num_steps) / (num_steps - 1)
               * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-    t_of = schedules_lib.lambda_inverse(schedule, t_lo, t_max)
-    ts = np.array(t_of(jnp.asarray(lams, jnp.float32)), np.float32)
-    ts[0] = t_max  # Exactly, despite interpolation.
+    ts = schedules_lib.t_for_lambda(schedule, lams, t_lo, t_max)
+    ts[0] = t_max  # Exactly.
     return np.concatenate([ts, [0.0]]).astype(np.float32)
   raise ValueError(f"unknown time grid {grid!r}; known: ['edm', 'uniform']")
 

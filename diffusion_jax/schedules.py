@@ -175,11 +175,27 @@ def lam(schedule: Schedule, t):
   return schedule.sigma(t) / schedule.alpha(t)
 
 
+def t_for_lambda(schedule: Schedule, lams, t_lo: float, t_hi: float, iters: int = 60) -> np.ndarray:
+  """Times t in [t_lo, t_hi] with lambda(t) = lams, by bisection (lambda increases in t).
+  Host-side and exact to float32; for building grids, not for use under jit."""
+  lams = np.asarray(lams, np.float64)
+  lo, hi = np.full(lams.shape, t_lo, np.float64), np.full(lams.shape, t_hi, np.float64)
+  with jax.ensure_compile_time_eval():
+    for _ in range(iters):
+      mid = 0.5 * (lo + hi)
+      above = np.asarray(lam(schedule, jnp.asarray(mid, jnp.float32)), np.float64) > lams
+      hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+  return (0.5 * (lo + hi)).astype(np.float32)
+
+
 def lambda_inverse(schedule: Schedule, t_min: float = 0.0, t_max: float = 1.0,
                    points: int = 20001):
   """A jittable t(lambda) for lambda in [lambda(t_min), lambda(t_max)], by interpolating
-  log lambda on a dense grid (lambda is strictly increasing in t)."""
+  log lambda on a dense grid (lambda is strictly increasing in t). The grid is uniform
+  in t and in log t, since log lambda changes fastest as t -> 0."""
   ts = np.linspace(t_min, t_max, points)
+  if t_min < t_max / 100:
+    ts = np.unique(np.concatenate([ts, np.geomspace(max(t_min, 1e-9), t_max, points)]))
   log_lams = np.log(np.asarray(lam(schedule, jnp.asarray(ts, jnp.float32)), np.float64))
   keep = np.concatenate([[True], np.diff(log_lams) > 0])  # Drop float32 ties.
   log_lams, ts = log_lams[keep].astype(np.float32), ts[keep].astype(np.float32)

@@ -12,7 +12,7 @@ from diffusion_jax import checkpoint, diffusion, samplers, schedules
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.unet import UNetConfig, resolutions
 
-MODES = ("train", "sample")
+MODES = ("train", "sample", "eval")
 
 
 class ConfigError(ValueError):
@@ -134,6 +134,16 @@ def check_config(config, num_devices: int | None = None) -> None:
            "sample.guidance_scale != 1 needs an unconditional branch: training.label_dropout > 0")
   _require(s.eta >= 0, "sample.eta must be >= 0")
 
+  e = config.eval
+  _require(e.method in ("ode", "vlb"), f"eval.method={e.method!r} is unknown; known: ['ode', 'vlb']")
+  _require(e.method != "vlb" or f.num_steps > 0,
+           "eval.method='vlb' is the discrete-time bound: it needs diffusion.num_steps > 0")
+  _require(e.batch_size > 0 and e.batch_size % num_devices == 0,
+           f"eval.batch_size={e.batch_size} must be > 0 and divisible by the {num_devices} devices")
+  _require(e.ode_steps > 0 and e.hutchinson_probes > 0 and e.num_examples >= 0,
+           "eval.ode_steps and hutchinson_probes must be > 0, num_examples >= 0")
+  _require(0 < e.t_min < e.t_max <= 1, "eval: need 0 < t_min < t_max <= 1")
+
 
 def check_data(config) -> None:
   try:
@@ -148,8 +158,9 @@ def check_workdir(config, workdir: str, mode: str) -> int | None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"workdir {workdir!r} exists and is not a directory")
   step = checkpoint.latest_step(workdir)
-  if mode == "sample":
-    _require(step is not None, f"--mode=sample: no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
+  if mode in ("sample", "eval"):
+    _require(step is not None,
+             f"--mode={mode}: no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
   if step is not None:
     saved = checkpoint.read_meta(workdir, step)
     want = model_meta(config)

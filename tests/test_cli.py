@@ -83,6 +83,21 @@ def test_sample_mode_with_labels_never_overwrites(trained, data_dir):
   assert Image.open(os.path.join(wd, "samples", "step_6-1.png")).size[0] >= 32
 
 
+def test_eval_mode_reports_bits_per_dim(trained, data_dir):
+  import json
+  wd, _, _ = trained
+  for method in ("ode", "vlb"):
+    r = cli(wd, "--mode=eval", overrides={"eval.method": method, "eval.num_examples": 6,
+                                          "eval.batch_size": 4, "eval.ode_steps": 5},
+            data_dir=data_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(os.path.join(wd, "eval", f"step_6_{method}.json")) as f:
+      result = json.load(f)
+    assert result["num_examples"] == 6 and result["method"] == method
+    # An almost untrained model: far worse than 8 bits/dim, but a finite number.
+    assert 8.0 < result["bits_per_dim"] < 100.0
+
+
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data_dir):
   from configs import default
   from diffusion_jax import parallel, train
@@ -108,7 +123,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data_dir):
 BAD = [
     ("unknown key", {}, ["--config.optim.lrr=1"], "'lrr' Did you mean \"lr\""),
     ("wrong type", {}, ["--config.optim.lr=fast"], "lr"),
-    ("unknown mode", {}, ["--mode=eval"], "unknown --mode='eval'"),
+    ("unknown mode", {}, ["--mode=score"], "unknown --mode='score'"),
     ("image size vs depth", {"data.image_size": 7}, [], "not divisible by 2^1"),
     ("attention resolution", {"model.attn_resolutions": (16,)}, [],
      "attn_resolutions [16] are not feature-map sizes"),
@@ -117,6 +132,12 @@ BAD = [
      "data_dir '/nonexistent/tfds' does not exist"),
     ("unknown sampler", {"sample.sampler": "heun9"}, [], "sample.sampler='heun9' is unknown"),
     ("sample without checkpoint", {}, ["--mode=sample"], "no checkpoint"),
+    ("eval without checkpoint", {}, ["--mode=eval"], "no checkpoint"),
+    ("vlb in continuous time", {"diffusion.schedule": "vp", "diffusion.num_steps": 0,
+                                "eval.method": "vlb"}, ["--mode=eval"],
+     "eval.method='vlb' is the discrete-time bound"),
+    ("num_steps for a continuous process", {"diffusion.schedule": "edm"}, [],
+     "schedule 'edm' is continuous-time; set diffusion.num_steps=0"),
 ]
 
 
