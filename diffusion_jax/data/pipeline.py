@@ -13,9 +13,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from diffusion_jax.data import digits as _digits  # Registers `sklearn_digits`.
+from diffusion_jax.data import shapes as _shapes  # Registers `shapes_captions`.
 
 # Datasets the package ships: prepared on first use, with nothing downloaded.
-BUNDLED = {"sklearn_digits": _digits.SklearnDigits}
+BUNDLED = {"sklearn_digits": _digits.SklearnDigits, "shapes_captions": _shapes.ShapesCaptions}
 
 
 class DataError(ValueError):
