@@ -34,6 +34,11 @@ def make_nll_fn(model, diff: diffusion.Diffusion, eval_cfg, mesh):
   return jax.jit(fn, in_shardings=(repl, data, data, repl), out_shardings=data)
 
 
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+  """Pads a batch to `size` by repeating its last example (results are trimmed)."""
+  return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
+
+
 def _free_path(directory: str, stem: str) -> str:
   path, k = os.path.join(directory, stem + ".json"), 0
   while os.path.exists(path):
@@ -63,8 +68,7 @@ def evaluate_likelihood(config, workdir: str, mesh=None) -> dict:
   for i, start in enumerate(range(0, len(images), bs)):
     chunk = slice(start, start + bs)
     n = len(images[chunk])
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], bs - n, axis=0)])
-    x, y = pad(images[chunk]), pad(labels[chunk])
+    x, y = (_pad(a[chunk], bs) for a in (images, labels))
     bpd = fn(state.ema_params, parallel.global_batch(x[lo:lo + bs // per], mesh),
              parallel.global_batch(y[lo:lo + bs // per], mesh), jax.random.fold_in(key, i))
     out.append(np.asarray(multihost_utils.process_allgather(bpd, tiled=True)

@@ -81,6 +81,9 @@ def main(argv):
       evaluate.evaluate_likelihood(config, workdir)
   except (validate.ConfigError, DataError) as e:
     _fail(str(e))
+  except FloatingPointError as e:  # Diverged: the last good checkpoint is kept.
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ class MetricWriter:
 class Timer:
   """Wall-clock rate between logs."""
 
-  def __init__(self):
-    self.t, self.steps = time.perf_counter(), 0
+  def __init__(self, steps_done: int = 0):
+    self.t, self.steps = time.perf_counter(), steps_done
 
   def rate(self, steps_done: int) -> float:
     now = time.perf_counter()

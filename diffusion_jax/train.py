@@ -92,26 +92,24 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> train_state.TrainStat
       train_state.make_train_step(model, tx, diff, tcfg.ema_decay, tcfg.label_dropout),
       in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
   lr_fn = train_state.learning_rate_schedule(config.optim, total)
+  t_start = time.perf_counter()
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   writer.log(f"{n_params:,} parameters, {mesh.devices.size} devices, "
              f"global batch {tcfg.batch_size}, steps {step}->{total}")
 
-  pending, timer, t_compile = [], Timer(), None
+  pending, timer = [], None
   while step < total:
     batch = _next_batch(it, mesh)
-    if t_compile is None:
-      t0 = time.perf_counter()
-      state, metrics = step_fn(state, batch)
-      jax.block_until_ready(metrics)
-      t_compile = time.perf_counter() - t0
-      writer.log(f"first step (with compilation) took {t_compile:.1f}s")
-      timer = Timer()
-      timer.steps = step + 1
-    else:
-      state, metrics = step_fn(state, batch)
+    state, metrics = step_fn(state, batch)
     step += 1
+    if timer is None:  # Rates exclude the first step, which compiles.
+      jax.block_until_ready(metrics)
+      writer.log(f"first step (with compilation) took {time.perf_counter() - t_start:.1f}s")
+      timer = Timer(step)
     pending.append(metrics)
-    if step % tcfg.log_every == 0 or step == total:
+    is_checkpoint = step % tcfg.checkpoint_every == 0 or step == total
+    # Metrics are checked before every checkpoint, so a non-finite state is never saved.
+    if step % tcfg.log_every == 0 or is_checkpoint:
       host = jax.device_get(pending)
       pending = []
       scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -121,7 +119,7 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> train_state.TrainStat
       scalars.update(lr=float(lr_fn(step - 1)), steps_per_s=rate,
                      images_per_s=rate * tcfg.batch_size)
       writer.write(step, scalars)
-    if step % tcfg.checkpoint_every == 0 or step == total:
+    if is_checkpoint:
       checkpoint.save(manager, step, state, it, meta)
 
   if tcfg.sample_at_end:

@@ -39,8 +39,7 @@ def model_meta(config) -> dict:
 
 def check_config(config, num_devices: int | None = None) -> None:
   num_devices = num_devices or jax.device_count()
-  d, m, f, t, o, s = (config.data, config.model, config.diffusion, config.training,
-                      config.optim, config.sample)
+  d, f, t, o, s = config.data, config.diffusion, config.training, config.optim, config.sample
   mc = model_config(config)
 
   _require(d.image_size > 0 and d.channels > 0, "data.image_size and data.channels must be > 0")

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -114,9 +115,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data_dir):
   mesh = parallel.make_mesh(1)
   sa, sb = train.load_state(config, a, mesh), train.load_state(config, b, mesh)
   assert int(sa.step) == int(sb.step) == 6
-  for x, y in zip(*(map(np.asarray, s) for s in (
-      __import__("jax").tree.leaves((sa.params, sa.ema_params, sa.opt_state)),
-      __import__("jax").tree.leaves((sb.params, sb.ema_params, sb.opt_state))))):
+  leaves = lambda s: [np.asarray(x) for x in jax.tree.leaves((s.params, s.ema_params, s.opt_state))]
+  for x, y in zip(leaves(sa), leaves(sb), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
@@ -151,6 +151,19 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, data_dir, name, ov
   assert len(lines) == 1, r.stderr[-2000:]
   assert "Traceback" not in r.stderr
   assert not os.path.exists(wd)
+
+
+def test_divergence_stops_loudly_without_saving_a_bad_checkpoint(tmp_path, data_dir):
+  wd = str(tmp_path / "wd")
+  r = cli(wd, overrides={**QUICK, "optim.lr": 1e12, "optim.grad_clip": 0.0,
+                         "training.num_steps": 8, "training.checkpoint_every": 1,
+                         "training.log_every": 100},
+          data_dir=data_dir)
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert "error: non-finite metrics at step" in r.stderr
+  bad = int(r.stderr.split("non-finite metrics at step ")[1].split(":")[0])
+  saved = [int(n) for n in os.listdir(os.path.join(wd, "checkpoints")) if n.isdigit()]
+  assert all(s < bad for s in saved), (saved, bad)
 
 
 def test_batch_not_divisible_by_devices(tmp_path, data_dir):

@@ -8,7 +8,7 @@ CIFAR-10 network.
 
 import dataclasses
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import flax
 import flax.linen as nn
