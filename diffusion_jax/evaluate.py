@@ -48,8 +48,8 @@ def _free_path(directory: str, stem: str) -> str:
 
 
 def evaluate_likelihood(config, workdir: str, mesh=None) -> dict:
-  validate.check_all(config, workdir, "eval")
   mesh = mesh or parallel.make_mesh()
+  validate.check_all(config, workdir, "eval", mesh.devices.size)
   ecfg, dcfg = config.eval, config.data
   data = pipeline.load_split_numpy(dcfg, ecfg.split, ecfg.num_examples or None)
   images = data["image"]

@@ -71,7 +71,8 @@ def main(argv):
         _fail(f"--labels must be integers, got {','.join(_LABELS.value)}")
       if mode != "sample":
         _fail("--labels applies to --mode=sample only")
-    validate.check_all(config, workdir, mode)
+    # The entry points below validate config, data and workdir before writing anything.
+    validate.check_mode(mode)
     if mode == "train":
       train.train_and_evaluate(config, workdir)
     elif mode == "sample":

@@ -141,8 +141,9 @@ def _ode_sampler(second_order: bool):
     lam = lambda t: schedules_lib.lam(schedule, t)
     n = len(grid) - 1
     times = jnp.asarray(grid)
-    with jax.ensure_compile_time_eval():
-      t_of = schedules_lib.lambda_inverse(schedule, float(grid[-2]), float(grid[0]))
+    if cfg.churn > 0:  # Churn evaluates D at noise levels off the grid.
+      with jax.ensure_compile_time_eval():
+        t_of = schedules_lib.lambda_inverse(schedule, float(grid[-2]), float(grid[0]))
     gamma_max = min(cfg.churn / n, np.sqrt(2.0) - 1.0)
 
     def d_of(y, t):

@@ -63,9 +63,8 @@ def _next_batch(it, mesh) -> dict:
 
 def train_and_evaluate(config, workdir: str, mesh=None) -> train_state.TrainState:
   """Trains (resuming from the workdir's latest checkpoint) and writes samples."""
-  start_step = validate.check_all(config, workdir, "train")
   mesh = mesh or parallel.make_mesh()
-  validate.check_config(config, mesh.devices.size)
+  start_step = validate.check_all(config, workdir, "train", mesh.devices.size)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     save_config(config, workdir, start_step)
@@ -159,15 +158,14 @@ def load_state(config, workdir: str, mesh) -> train_state.TrainState:
 def sample_from_workdir(config, workdir: str, labels: np.ndarray | None = None,
                         mesh=None) -> str:
   """Writes a sample set from the latest checkpoint (EMA parameters)."""
-  validate.check_all(config, workdir, "sample")
+  mesh = mesh or parallel.make_mesh()
+  validate.check_all(config, workdir, "sample", mesh.devices.size)
   if labels is not None:
     nc = config.data.num_classes
     bad = labels[(labels < 0) | (labels >= max(nc, 1))]
     if len(bad):
       raise validate.ConfigError(f"labels {sorted(set(bad.tolist()))} are outside "
                                  f"[0, {max(nc, 1)}) for this model")
-  mesh = mesh or parallel.make_mesh()
-  validate.check_config(config, mesh.devices.size)
   state = load_state(config, workdir, mesh)
   path = write_sample_set(config, workdir, state.ema_params, int(state.step), mesh, labels=labels)
   print(f"samples: {path}", flush=True)

@@ -172,9 +172,14 @@ def check_workdir(config, workdir: str, mode: str) -> int | None:
   return step
 
 
-def check_all(config, workdir: str, mode: str) -> int | None:
+def check_mode(mode: str) -> None:
   _require(mode in MODES, f"unknown --mode={mode!r}; known: {list(MODES)}")
-  check_config(config)
+
+
+def check_all(config, workdir: str, mode: str, num_devices: int | None = None) -> int | None:
+  """Every check of a run, before anything is compiled or written."""
+  check_mode(mode)
+  check_config(config, num_devices)
   check_data(config)
   return check_workdir(config, workdir, mode)
 
