@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.split = "train"  # tfds split expression, sharded across JAX processes.
   d.image_key = "image"  # Feature holding the image.
   d.label_key = "label"  # Feature holding the class label (used if num_classes > 0).
+  d.text_key = "caption"  # Feature holding captions (used if model.text_vocab_size > 0).
+  d.text_emb_key = "text_emb"  # Feature of precomputed (L, D) embeddings (model.text_emb_dim > 0).
   d.image_size = 8  # Images are resized (area) to image_size x image_size if needed.
   d.channels = 1  # Image channels (1 grayscale, 3 RGB).
   d.num_classes = 10  # Classes for conditioning; 0 = unconditional.
@@ -37,8 +39,25 @@ def get_config() -> ml_collections.ConfigDict:
   m.scale_shift_norm = False  # ADM-style time-embedding scale/shift of the norm.
   m.num_classes = d.get_ref("num_classes")  # Label embedding size (+1 null label).
   m.out_channels = d.get_ref("channels")  # Output channels = image channels.
-  m.cond_image_channels = 0  # Channels of a concatenated conditioning image; 0 = none.
+  m.cond_image_channels = 0  # Channels of the conditioning image (see cond.image); 0 = none.
+  m.cond_image_resolutions = ()  # Lower feature-map sizes that also get the cond. image.
+  m.text_vocab_size = 0  # Text as token ids: embedding rows (>= words + 1); 0 = no tokens.
+  m.text_max_len = 16  # Most tokens in a prompt.
+  m.text_width = 64  # Text encoder and cross-attention context width.
+  m.text_layers = 2  # Transformer layers of the jointly trained text encoder.
+  m.text_heads = 4  # Its attention heads.
+  m.text_emb_dim = 0  # Text as precomputed embeddings of this width; 0 = none.
+  m.cross_attn_resolutions = ()  # Feature-map sizes with cross-attention to the text.
   m.dtype = "float32"  # Compute dtype of the layers ("bfloat16" on TPU).
+
+  # --- Image conditions, made from the clean image (training) or given (sampling).
+  c.cond = k = ml_collections.ConfigDict()
+  # "" none; "sr" (super-resolution from an area-downsampled image, bicubic-upsampled
+  # as input); "gray" (colourisation from luminance); "inpaint" (masked image + mask).
+  k.image = ""
+  k.sr_factor = 4  # sr: the input is image_size / sr_factor pixels wide.
+  k.hole_min = 0.3  # inpaint: the hole's sides are uniform in [hole_min, hole_max]
+  k.hole_max = 0.6  #   of the image side, at a random position.
 
   # --- Diffusion: the forward process and what the network predicts.
   c.diffusion = f = ml_collections.ConfigDict()
@@ -70,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
   t.batch_size = 64  # Global batch, split over all devices of all processes.
   t.num_steps = 3000  # Total optimizer steps.
   t.label_dropout = 0.1  # Probability a label is replaced by the null label (CFG).
+  t.text_dropout = 0.0  # Probability a caption is replaced by the empty prompt (CFG).
+  t.image_dropout = 0.0  # Probability the conditioning image is zeroed (CFG).
   t.ema_decay = 0.999  # EMA of the parameters, used for sampling.
   t.log_every = 100  # Steps between metric logs (stdout and TensorBoard).
   t.checkpoint_every = 1000  # Steps between checkpoints (and one at the end).
@@ -104,7 +125,12 @@ def get_config() -> ml_collections.ConfigDict:
   s.churn_noise = 1.0  # EDM's S_noise.
   s.corrector_steps = 1  # pc: Langevin corrector steps per time.
   s.corrector_snr = 0.16  # pc: Langevin signal-to-noise ratio.
-  s.guidance_scale = 1.0  # Classifier-free guidance: 1 = none, >1 stronger.
+  s.guidance_scale = 1.0  # Classifier-free guidance on labels: 1 = none, >1 stronger.
+  s.text_guidance_scale = 1.0  # ... on text (needs training.text_dropout > 0).
+  s.image_guidance_scale = 1.0  # ... on the image condition (needs training.image_dropout > 0).
+  # Conditions (captions, image conditions) not given on the command line come from
+  # the first num_samples examples of this split.
+  s.cond_split = "test"
   s.clip_denoised = True  # Clip x0_hat to [-1, 1] at every step.
   s.num_samples = 100  # Samples per set; labels cycle evenly over the classes.
   s.batch_size = 100  # Samples per compiled call (divisible by the device count).

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from diffusion_jax import diffusion, parallel, samplers
-from diffusion_jax.models.unet import Cond, UNet
+from diffusion_jax import conditions, diffusion, parallel, samplers
+from diffusion_jax.models.unet import UNet
 
 
 def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
@@ -29,6 +29,7 @@ def sampler_config(sample_cfg) -> samplers.SamplerConfig:
   c = sample_cfg
   return samplers.SamplerConfig(
       name=c.sampler, num_steps=c.num_steps, eta=c.eta, guidance_scale=c.guidance_scale,
+      text_guidance_scale=c.text_guidance_scale, image_guidance_scale=c.image_guidance_scale,
       clip_denoised=c.clip_denoised, grid=c.grid, rho=c.rho, t_min=c.t_min, t_max=c.t_max,
       lambda_max=c.lambda_max, churn=c.churn, churn_min=c.churn_min, churn_max=c.churn_max,
       churn_noise=c.churn_noise, corrector_steps=c.corrector_steps, snr=c.corrector_snr)
@@ -38,43 +39,50 @@ def to_uint8(x) -> np.ndarray:
   return np.asarray(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255)).astype(np.uint8)
 
 
-def make_sample_fn(model: UNet, diff: diffusion.Diffusion,
-                   cfg: samplers.SamplerConfig, image_shape: tuple, mesh
-                   ) -> Callable[[object, jax.Array, jax.Array], jax.Array]:
-  """A compiled fn(params, key, labels) -> images in [-1, 1], sharded over `data`."""
-  num_classes = model.config.num_classes
+def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.SamplerConfig,
+                   image_shape: tuple, mesh, cond_cfg=conditions.NO_IMAGE
+                   ) -> Callable[[object, jax.Array, dict], jax.Array]:
+  """A compiled fn(params, key, inputs) -> images in [-1, 1], sharded over `data`.
 
-  def apply(params):
-    return lambda x, t, cond: model.apply({"params": params}, x, t, cond)
+  `inputs` holds the user-facing conditions (see diffusion_jax.conditions), one row
+  per sample; an unconditional model takes {}."""
+  mcfg = model.config
+  null = lambda cond, which: conditions.null(cond, which, mcfg.num_classes)
 
-  def fn(params, key, labels):
-    denoise = diffusion.make_denoiser(apply(params), diff)
-    if num_classes:
-      denoise = samplers.guided(denoise, cfg.guidance_scale, num_classes)
-    cond = Cond(labels=labels if num_classes else None)
-    return samplers.sample(denoise, diff.schedule, cfg, (labels.shape[0],) + image_shape, cond,
-                           key)
+  def fn(params, key, inputs):
+    apply = lambda x, t, cond: model.apply({"params": params}, x, t, cond)
+    denoise = samplers.guided(diffusion.make_denoiser(apply, diff),
+                              samplers.guidance_scales(cfg), null)
+    cond = conditions.make_cond(mcfg, cond_cfg, inputs, image_shape[0])
+    batch = jax.tree.leaves(inputs)[0].shape[0]
+    return samplers.sample(denoise, diff.schedule, cfg, (batch,) + image_shape, cond, key)
 
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=data)
 
 
-def generate(sample_fn, params, labels: np.ndarray, batch_size: int, seed: int,
-             mesh) -> np.ndarray:
-  """Samples one image per label, in batches of batch_size; returns uint8 images."""
+def generate(sample_fn, params, inputs: dict, batch_size: int, seed: int,
+             mesh, num_samples: int | None = None) -> np.ndarray:
+  """Samples one image per row of `inputs` (or num_samples for an unconditional
+  model), in batches of batch_size; returns uint8 images."""
+  n = len(jax.tree.leaves(inputs)[0]) if inputs else num_samples
+  if not inputs:  # Unconditional: a dummy row per sample carries the batch size.
+    inputs = {"_": np.zeros((n,), np.int32)}
   key = jax.random.key(seed)
   per_process = batch_size // jax.process_count()
   lo = jax.process_index() * per_process
   out = []
-  for i, start in enumerate(range(0, len(labels), batch_size)):
-    chunk = labels[start:start + batch_size]
-    padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), np.int32)])
-    # Every process holds all labels and feeds its own slice of the global batch.
-    lab = parallel.global_batch(padded[lo:lo + per_process], mesh)
-    images = sample_fn(params, jax.random.fold_in(key, i), lab)
+  for i, start in enumerate(range(0, n, batch_size)):
+    chunk = {k: v[start:start + batch_size] for k, v in inputs.items()}
+    count = len(jax.tree.leaves(chunk)[0])
+    # Pad with the chunk's first row; every process holds all rows and feeds its slice.
+    padded = {k: np.concatenate([v, np.repeat(v[:1], batch_size - count, 0)])
+              for k, v in chunk.items()}
+    local = {k: v[lo:lo + per_process] for k, v in padded.items()}
+    images = sample_fn(params, jax.random.fold_in(key, i), parallel.global_batch(local, mesh))
     if jax.process_count() > 1:
       images = multihost_utils.process_allgather(images, tiled=True)
-    out.append(to_uint8(images)[:len(chunk)])
+    out.append(to_uint8(images)[:count])
   return np.concatenate(out)
 
 
@@ -103,13 +111,60 @@ def _free_stem(directory: str, stem: str) -> str:
   return os.path.join(directory, candidate)
 
 
-def write_samples(workdir: str, step: int, images: np.ndarray, labels: np.ndarray,
+def _as_rgb(x: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (N, h, w, c) -> (N, size, size, 3), nearest-upscaled, gray repeated."""
+  x = x.repeat(size // x.shape[1], 1).repeat(size // x.shape[2], 2)
+  return x.repeat(3, -1) if x.shape[-1] == 1 else x[..., :3]
+
+
+PANEL_KEYS = ("lowres", "gray", "masked")  # Conditions drawn left of each result.
+
+
+def panel_grid(images: np.ndarray, record: dict, max_rows: int = 16,
+               min_size: int = 64) -> np.ndarray:
+  """One row per sample: its image conditions, the result, the reference (if any)
+  and its prompt (if any), upscaled to >= min_size px."""
+  n, h = images.shape[0], images.shape[1]
+  cols = [_as_rgb(record[k], h) for k in PANEL_KEYS if k in record]
+  cols.append(_as_rgb(images, h))
+  if "reference" in record:
+    cols.append(_as_rgb(record["reference"], h))
+  rows = min(n, max_rows)
+  scale = max(1, -(-min_size // h))
+  pad, cell = 2, h * scale
+  prompts = record.get("prompts")
+  text_w = 8 * max((len(str(p)) for p in prompts[:rows]), default=0) if prompts is not None else 0
+  canvas = np.zeros((rows * (cell + pad) + pad, len(cols) * (cell + pad) + pad + text_w, 3),
+                    np.uint8)
+  for r in range(rows):
+    for j, col in enumerate(cols):
+      y, x = pad + r * (cell + pad), pad + j * (cell + pad)
+      canvas[y:y + cell, x:x + cell] = col[r].repeat(scale, 0).repeat(scale, 1)
+  img = Image.fromarray(canvas)
+  if prompts is not None:
+    draw = ImageDraw.Draw(img)
+    for r in range(rows):
+      draw.text((len(cols) * (cell + pad) + pad, pad + r * (cell + pad) + cell // 2 - 5),
+                str(prompts[r]), fill=(255, 255, 255))
+  return np.asarray(img)
+
+
+def write_samples(workdir: str, step: int, images: np.ndarray, record: dict,
                   num_classes: int) -> str:
-  """Writes the .npz and the .png grid; returns the .npz path."""
+  """Writes the .npz (images and the conditions used) and the .png grid; returns
+  the .npz path. Class-only sets get one grid row per class, others one row per
+  sample with its conditions beside it."""
   directory = os.path.join(workdir, "samples")
   os.makedirs(directory, exist_ok=True)
   stem = _free_stem(directory, f"step_{step}")
-  np.savez(stem + ".npz", images=images, labels=labels.astype(np.int64))
-  g = grid(images, labels, num_classes)
+  extra = {k: v for k, v in record.items() if k != "count"}
+  if "labels" in extra:
+    extra["labels"] = extra["labels"].astype(np.int64)
+  np.savez(stem + ".npz", images=images, **extra)
+  if set(extra) <= {"labels"}:
+    labels = extra.get("labels", np.zeros(len(images), np.int64))
+    g = grid(images, labels, num_classes)
+  else:
+    g = panel_grid(images, extra)
   Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).save(stem + ".png")
   return stem + ".npz"

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import schedules as schedules_lib
+from diffusion_jax.conditions import GUIDED
 from diffusion_jax.diffusion import Denoiser, _derivs
 from diffusion_jax.models.unet import Cond
 from diffusion_jax.schedules import Schedule
@@ -34,7 +35,9 @@ class SamplerConfig(NamedTuple):
   name: str = "ddim"
   num_steps: int = 100  # N: grid intervals (see the table above for NFE).
   eta: float = 0.0  # ddim noise.
-  guidance_scale: float = 1.0
+  guidance_scale: float = 1.0  # Class labels.
+  text_guidance_scale: float = 1.0
+  image_guidance_scale: float = 1.0
   clip_denoised: bool = True
   grid: str = "uniform"  # "uniform" in t, or "edm": lambda^(1/rho) uniform.
   rho: float = 7.0
@@ -49,6 +52,11 @@ class SamplerConfig(NamedTuple):
   churn_noise: float = 1.0  # EDM's S_noise.
   corrector_steps: int = 1  # pc: Langevin steps per time.
   snr: float = 0.16  # pc: Langevin signal-to-noise ratio.
+
+
+def guidance_scales(cfg: SamplerConfig) -> dict:
+  return {"labels": cfg.guidance_scale, "text": cfg.text_guidance_scale,
+          "image": cfg.image_guidance_scale}
 
 
 def nfe(cfg: SamplerConfig) -> int:
@@ -248,22 +256,35 @@ SAMPLERS: dict[str, Callable] = {
 }
 
 
-def guided(denoise: Denoiser, scale: float, null_label: int) -> Denoiser:
-  """Classifier-free guidance on class labels: D_u + scale * (D_c - D_u).
+def guided(denoise: Denoiser, scales: dict, null: Callable[[Cond, str], Cond]) -> Denoiser:
+  """Classifier-free guidance with one scale per condition.
 
-  scale = 1 is the plain conditional model, 0 the unconditional one. Because x0,
-  eps and the score are affine in each other at fixed (x_t, t), guiding x0_hat is
-  the same as guiding eps. Both branches run as one doubled batch.
+  With the guided conditions c_1..c_K (those whose scale w_k != 1, in the order of
+  conditions.GUIDED) and D_k the denoiser given c_1..c_k (the later ones nulled),
+    D = D_0 + sum_k w_k (D_k - D_{k-1}).
+  One condition gives the usual D_u + w (D_c - D_u); all scales 1 give D_K = D; for
+  image + text it is InstructPix2Pix's rule. Because x0, eps and the score are affine
+  in each other at fixed (x_t, t), guiding x0_hat is the same as guiding eps. The K + 1
+  branches run as one batch. `null(cond, name)` replaces a condition by its null.
   """
-  if scale == 1.0:
+  active = [k for k in GUIDED if scales.get(k, 1.0) != 1.0]
+  if not active:
     return denoise
 
   def d(x, t, cond: Cond):
-    both = Cond(labels=jnp.concatenate([cond.labels, jnp.full_like(cond.labels, null_label)]),
-                image=None if cond.image is None else jnp.concatenate([cond.image] * 2))
-    out = denoise(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
-    c, u = jnp.split(out, 2)
-    return u + scale * (c - u)
+    branches = []
+    for k in range(len(active) + 1):
+      c = cond
+      for name in active[k:]:
+        c = null(c, name)
+      branches.append(c)
+    n = len(branches)
+    stacked = jax.tree.map(lambda *v: jnp.concatenate(v), *branches)
+    outs = jnp.split(denoise(jnp.concatenate([x] * n), jnp.concatenate([t] * n), stacked), n)
+    out = outs[0]
+    for k, name in enumerate(active):
+      out = out + scales[name] * (outs[k + 1] - outs[k])
+    return out
   return d
 
 

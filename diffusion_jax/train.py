@@ -5,13 +5,16 @@ writes a sample set from the latest checkpoint's EMA parameters.
 """
 
 import functools
+import json
 import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
-from diffusion_jax import checkpoint, diffusion, generate, parallel, train_state, validate
+from diffusion_jax import (checkpoint, diffusion, generate, parallel, sample_inputs,
+                           train_state, validate)
 from diffusion_jax.data import pipeline
 from diffusion_jax.metric_writer import MetricWriter, Timer
 from diffusion_jax.models.unet import UNet
@@ -23,6 +26,13 @@ def build(config):
   diff = diffusion.from_config(config.diffusion)
   tx = train_state.make_optimizer(config.optim, config.training.num_steps)
   return model, diff, tx
+
+
+def make_step(config, model, diff, tx):
+  """The uncompiled train step a config describes (dropout rates, image condition)."""
+  t = config.training
+  rates = {"labels": t.label_dropout, "text": t.text_dropout, "image": t.image_dropout}
+  return train_state.make_train_step(model, tx, diff, t.ema_decay, rates, config.cond)
 
 
 def _init_fns(config, model, tx, mesh):
@@ -65,6 +75,7 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> train_state.TrainStat
   """Trains (resuming from the workdir's latest checkpoint) and writes samples."""
   mesh = mesh or parallel.make_mesh()
   start_step = validate.check_all(config, workdir, "train", mesh.devices.size)
+  tokenizer = validate.check_text(config, workdir, start_step)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     save_config(config, workdir, start_step)
@@ -74,10 +85,14 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> train_state.TrainStat
   init, key, abstract = _init_fns(config, model, tx, mesh)
   writer = MetricWriter(os.path.join(workdir, "tensorboard"), total)
 
-  ds = pipeline.make_dataset(config.data, tcfg.batch_size // jax.process_count(), config.seed)
+  text = pipeline.TextSpec(
+      tokenizer=tokenizer,
+      emb_key=config.data.text_emb_key if model.config.text == "embeddings" else "")
+  ds = pipeline.make_dataset(config.data, tcfg.batch_size // jax.process_count(), config.seed,
+                             text=text)
   it = iter(ds)
   manager = checkpoint.make_manager(workdir, tcfg.keep_checkpoints)
-  meta = validate.model_meta(config)
+  meta = validate.model_meta(config, tokenizer)
   if start_step is not None:
     state = checkpoint.restore(manager, start_step, abstract, it)
     writer.log(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start_step}")
@@ -88,7 +103,7 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> train_state.TrainStat
 
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   step_fn = jax.jit(
-      train_state.make_train_step(model, tx, diff, tcfg.ema_decay, tcfg.label_dropout),
+      make_step(config, model, diff, tx),
       in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
   lr_fn = train_state.learning_rate_schedule(config.optim, total)
   t_start = time.perf_counter()
@@ -122,26 +137,34 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> train_state.TrainStat
       checkpoint.save(manager, step, state, it, meta)
 
   if tcfg.sample_at_end:
-    path = write_sample_set(config, workdir, state.ema_params, step, mesh, model, diff)
+    inputs, record = sample_inputs.gather(config, sample_inputs.Given(), tokenizer)
+    path = write_sample_set(config, workdir, state.ema_params, step, mesh, inputs, record,
+                            model, diff)
     writer.log(f"samples: {path}")
   manager.close()
   writer.close()
   return state
 
 
-def write_sample_set(config, workdir, params, step, mesh, model=None, diff=None,
-                     labels=None) -> str:
+def write_sample_set(config, workdir, params, step, mesh, inputs: dict, record: dict,
+                     model=None, diff=None) -> str:
+  images = sample_images(config, params, mesh, inputs, record, model, diff)
+  if jax.process_index() != 0:
+    return ""
+  return generate.write_samples(workdir, step, images, record, config.data.num_classes)
+
+
+def sample_images(config, params, mesh, inputs: dict, record: dict, model=None,
+                  diff=None) -> np.ndarray:
+  """uint8 samples, one per row of `inputs` (see sample_inputs.gather)."""
   if model is None:
     model, diff, _ = build(config)
   scfg = config.sample
-  nc = config.data.num_classes
-  labels = generate.balanced_labels(scfg.num_samples, nc) if labels is None else labels
   fn = generate.make_sample_fn(model, diff, generate.sampler_config(scfg),
-                               (config.data.image_size,) * 2 + (config.data.channels,), mesh)
-  images = generate.generate(fn, params, labels, scfg.batch_size, scfg.seed, mesh)
-  if jax.process_index() != 0:
-    return ""
-  return generate.write_samples(workdir, step, images, labels, nc)
+                               (config.data.image_size,) * 2 + (config.data.channels,), mesh,
+                               config.cond)
+  return generate.generate(fn, params, inputs, scfg.batch_size, scfg.seed, mesh,
+                           num_samples=int(record.get("count", 0)) or None)
 
 
 def load_state(config, workdir: str, mesh) -> train_state.TrainState:
@@ -155,22 +178,68 @@ def load_state(config, workdir: str, mesh) -> train_state.TrainState:
   return state
 
 
-def sample_from_workdir(config, workdir: str, labels: np.ndarray | None = None,
-                        mesh=None) -> str:
-  """Writes a sample set from the latest checkpoint (EMA parameters)."""
+def load_config(workdir: str):
+  """The config a workdir's run was trained with (its config.json)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise validate.ConfigError(f"{path!r} does not exist: not a diffusion_jax workdir")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def sample_from_workdir(config, workdir: str, given: sample_inputs.Given = sample_inputs.Given(),
+                        mesh=None, cascade_from: str | None = None) -> str:
+  """Writes a sample set from the latest checkpoint (EMA parameters).
+
+  With `cascade_from`, a base model's workdir, the base model first samples the
+  low-resolution images (its own conditions from `given`), which this
+  super-resolution model then takes as its input."""
   mesh = mesh or parallel.make_mesh()
-  validate.check_all(config, workdir, "sample", mesh.devices.size)
-  if labels is not None:
-    nc = config.data.num_classes
-    bad = labels[(labels < 0) | (labels >= max(nc, 1))]
+  step = validate.check_all(config, workdir, "sample", mesh.devices.size)
+  tokenizer = validate.check_text(config, workdir, step)
+  base = None
+  if cascade_from:
+    base = _check_cascade(config, cascade_from, mesh)
+  if given.labels is not None:
+    nc = config.data.num_classes if base is None else base[0].data.num_classes
+    bad = given.labels[(given.labels < 0) | (given.labels >= max(nc, 1))]
     if len(bad):
       raise validate.ConfigError(f"labels {sorted(set(bad.tolist()))} are outside "
                                  f"[0, {max(nc, 1)}) for this model")
+  try:
+    if base is not None:
+      base_config, base_step, base_tok = base
+      base_inputs, base_record = sample_inputs.gather(base_config, given, base_tok)
+      base_state = load_state(base_config, cascade_from, mesh)
+      low = sample_images(base_config, base_state.ema_params, mesh, base_inputs, base_record)
+      given = sample_inputs.Given(images={"lowres": low.astype(np.float32) / 127.5 - 1.0})
+      inputs, record = sample_inputs.gather(config, given, tokenizer)
+      record.update({f"base_{k}": v for k, v in base_record.items() if k != "count"})
+    else:
+      inputs, record = sample_inputs.gather(config, given, tokenizer)
+  except sample_inputs.InputError as e:
+    raise validate.ConfigError(str(e)) from None
   state = load_state(config, workdir, mesh)
-  path = write_sample_set(config, workdir, state.ema_params, int(state.step), mesh, labels=labels)
+  path = write_sample_set(config, workdir, state.ema_params, int(state.step), mesh,
+                          inputs, record)
   print(f"samples: {path}", flush=True)
   return path
 
 
-__all__ = ["build", "load_state", "sample_from_workdir", "save_config",
-           "train_and_evaluate", "write_sample_set"]
+def _check_cascade(config, base_workdir: str, mesh):
+  """The base model's (config, step, tokenizer), checked to feed this SR model."""
+  validate._require(config.cond.image == "sr",
+                    "--cascade_from needs a super-resolution model (cond.image='sr')")
+  base_config = load_config(base_workdir)
+  step = validate.check_all(base_config, base_workdir, "sample", mesh.devices.size)
+  want = config.data.image_size // config.cond.sr_factor
+  got = (base_config.data.image_size, base_config.data.channels)
+  validate._require(got == (want, config.data.channels),
+                    f"--cascade_from {base_workdir!r}: the base model makes {got[0]}x{got[0]} "
+                    f"images with {got[1]} channels; this model takes {want}x{want} with "
+                    f"{config.data.channels}")
+  return base_config, step, validate.check_text(base_config, base_workdir, step)
+
+
+__all__ = ["build", "load_config", "load_state", "make_step", "sample_from_workdir",
+           "sample_images", "save_config", "train_and_evaluate", "write_sample_set"]

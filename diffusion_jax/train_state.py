@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffusion_jax import diffusion
+from diffusion_jax import conditions, diffusion
 from diffusion_jax.models.unet import Cond, UNet
 
 Array = jax.Array
@@ -48,10 +48,15 @@ def dummy_inputs(model: UNet, batch: int, image_size: int, channels: int):
   cfg = model.config
   x = jnp.zeros((batch, image_size, image_size, channels), jnp.float32)
   t = jnp.zeros((batch,), jnp.float32)
+  length = cfg.text_max_len
   cond = Cond(
       labels=jnp.zeros((batch,), jnp.int32) if cfg.num_classes else None,
       image=(jnp.zeros((batch, image_size, image_size, cfg.cond_image_channels))
-             if cfg.cond_image_channels else None))
+             if cfg.cond_image_channels else None),
+      tokens=jnp.zeros((batch, length), jnp.int32) if cfg.text == "tokens" else None,
+      text_emb=(jnp.zeros((batch, length, cfg.text_emb_dim))
+                if cfg.text == "embeddings" else None),
+      text_mask=jnp.zeros((batch, length), bool) if cfg.text == "embeddings" else None)
   return x, t, cond
 
 
@@ -65,35 +70,34 @@ def create_train_state(rng: Array, model: UNet, tx: optax.GradientTransformation
                     opt_state=tx.init(params), rng=jax.random.key_data(run_rng))
 
 
-def drop_labels(rng: Array, labels: Array, p: float, null_label: int) -> Array:
-  """Replaces each label by the null label with probability p (classifier-free guidance)."""
-  if p <= 0:
-    return labels
-  return jnp.where(jax.random.uniform(rng, labels.shape) < p, null_label, labels)
-
-
 def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusion.Diffusion,
-                    ema_decay: float, label_dropout: float
+                    ema_decay: float, dropout: dict, cond_cfg=None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Builds train_step(state, batch) -> (state, metrics).
 
+  `dropout` maps each condition ("labels", "text", "image") to the probability that
+  it is replaced by its null (classifier-free guidance); `cond_cfg` is the config's
+  `cond` section (image conditions are made here, from the clean batch images).
   Randomness comes from fold_in(state.rng, step), split into named streams. With
   JAX's partitionable threefry the random numbers of each example do not depend on
   how the batch is sharded, so a run gives the same result on any number of devices.
   """
-  num_classes = model.config.num_classes
+  mcfg = model.config
+  cond_cfg = cond_cfg if cond_cfg is not None else conditions.NO_IMAGE
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    loss_key, dropout_key, label_key = jax.random.split(key, 3)
-    labels = None
-    if num_classes:
-      labels = drop_labels(label_key, batch["label"], label_dropout, num_classes)
+    loss_key, dropout_key, drop_key, degrade_key = jax.random.split(key, 4)
+    inputs = dict(batch)
+    if cond_cfg.image:
+      spec = conditions.IMAGE_CONDITIONS[cond_cfg.image]
+      inputs.update(spec.degrade(batch["image"], degrade_key, cond_cfg))
+    cond = conditions.make_cond(mcfg, cond_cfg, inputs, batch["image"].shape[1])
+    cond = conditions.drop(cond, drop_key, dropout, mcfg.num_classes)
 
     def loss_fn(params):
       def apply(x_t, t):
-        return model.apply({"params": params}, x_t, t, Cond(labels=labels,
-                           image=batch.get("cond_image")), train=True,
+        return model.apply({"params": params}, x_t, t, cond, train=True,
                            rngs={"dropout": dropout_key})
       return diffusion.denoising_loss(apply, diff, batch["image"], loss_key)
 

@@ -8,9 +8,10 @@ import os
 
 import jax
 
-from diffusion_jax import checkpoint, diffusion, samplers, schedules
+from diffusion_jax import checkpoint, conditions, diffusion, samplers, schedules
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.unet import UNetConfig, resolutions
+from diffusion_jax.tokenizer import Tokenizer
 
 MODES = ("train", "sample", "eval")
 
@@ -31,13 +32,19 @@ def model_config(config) -> UNetConfig:
     raise ConfigError(f"model: {e}") from None
 
 
-def model_meta(config) -> dict:
-  """What a checkpoint must agree on with the config to be restorable."""
-  return {"model": json.loads(json.dumps(vars(model_config(config)), default=list)),
+def model_meta(config, tokenizer=None) -> dict:
+  """What a checkpoint must agree on with the config to be restorable (and, for
+  text models, the vocabulary it was trained with)."""
+  meta = {"model": json.loads(json.dumps(vars(model_config(config)), default=list)),
           "image_size": config.data.image_size, "channels": config.data.channels}
+  if config.cond.image:
+    meta["cond"] = {"image": config.cond.image, "sr_factor": config.cond.sr_factor}
+  if tokenizer is not None:
+    meta["vocab"] = tokenizer.vocab
+  return meta
 
 
-def check_config(config, num_devices: int | None = None) -> None:
+def check_config(config, num_devices: int | None = None, mode: str = "train") -> None:
   num_devices = num_devices or jax.device_count()
   d, f, t, o, s = config.data, config.diffusion, config.training, config.optim, config.sample
   mc = model_config(config)
@@ -64,8 +71,38 @@ def check_config(config, num_devices: int | None = None) -> None:
       _require(ch % mc.num_heads == 0,
                f"model.num_heads={mc.num_heads} does not divide the channel count {ch}")
   _require(0.0 <= mc.dropout < 1.0, "model.dropout must be in [0, 1)")
-  _require(mc.cond_image_channels == 0,
-           "model.cond_image_channels: image conditioning has no data pipeline yet")
+  k = config.cond
+  _require(k.image in ("",) + tuple(conditions.IMAGE_CONDITIONS),
+           f"cond.image={k.image!r} is unknown; known: {sorted(conditions.IMAGE_CONDITIONS)} "
+           "or '' (none)")
+  want_ch = conditions.IMAGE_CONDITIONS[k.image].channels(d.channels) if k.image else 0
+  _require(mc.cond_image_channels == want_ch,
+           f"model.cond_image_channels={mc.cond_image_channels}, but cond.image={k.image!r} "
+           f"gives {want_ch} channels")
+  if k.image == "sr":
+    _require(k.sr_factor >= 2 and d.image_size % k.sr_factor == 0,
+             f"cond.sr_factor={k.sr_factor} must be >= 2 and divide data.image_size="
+             f"{d.image_size}")
+  if k.image == "inpaint":
+    _require(0 < k.hole_min <= k.hole_max < 1, "cond: need 0 < hole_min <= hole_max < 1")
+  bad = [r for r in mc.cond_image_resolutions if r not in res[1:]]
+  _require(not bad, f"model.cond_image_resolutions {bad} are not lower feature-map sizes "
+           f"of this U-Net (sizes {res[1:]})")
+  _require(not mc.cond_image_resolutions or k.image,
+           "model.cond_image_resolutions needs an image condition (cond.image)")
+  _require(not (mc.text_vocab_size and mc.text_emb_dim),
+           "model.text_vocab_size and model.text_emb_dim are exclusive: text comes as "
+           "token ids or as precomputed embeddings")
+  bad = [r for r in mc.cross_attn_resolutions if r not in res]
+  _require(not bad, f"model.cross_attn_resolutions {bad} are not feature-map sizes of "
+           f"this U-Net (sizes {res})")
+  _require(not mc.text or mc.cross_attn_resolutions,
+           "a text model needs model.cross_attn_resolutions (where the U-Net reads the text)")
+  _require(mc.text or not mc.cross_attn_resolutions,
+           "model.cross_attn_resolutions needs text (model.text_vocab_size or text_emb_dim)")
+  if mc.text:
+    _require(mc.text_width % mc.text_heads == 0 and mc.text_max_len > 0 and mc.text_layers >= 0,
+             "model: text_heads must divide text_width; text_max_len > 0; text_layers >= 0")
 
   _require(f.schedule in schedules.SCHEDULES,
            f"diffusion.schedule={f.schedule!r} is unknown; known: {sorted(schedules.SCHEDULES)}")
@@ -132,8 +169,21 @@ def check_config(config, num_devices: int | None = None) -> None:
   _require(s.guidance_scale == 1.0 or t.label_dropout > 0,
            "sample.guidance_scale != 1 needs an unconditional branch: training.label_dropout > 0")
   _require(s.eta >= 0, "sample.eta must be >= 0")
+  for name, scale, rate, has, what in [
+      ("text_guidance_scale", s.text_guidance_scale, t.text_dropout, bool(mc.text), "text"),
+      ("image_guidance_scale", s.image_guidance_scale, t.image_dropout, bool(k.image),
+       "an image condition")]:
+    drop = name.replace("guidance_scale", "dropout")
+    _require(0.0 <= rate < 1.0 and (rate == 0 or has),
+             f"training.{drop}={rate} must be in [0, 1) and needs a model with {what}")
+    _require(scale == 1.0 or (has and rate > 0),
+             f"sample.{name}={scale} needs a model with {what} trained with "
+             f"training.{drop} > 0 (its unconditional branch)")
 
   e = config.eval
+  _require(not (mc.text or k.image) or mode != "eval",
+           "--mode=eval (likelihood) supports class-conditional and unconditional models "
+           "only; this model takes text or an image condition")
   _require(e.method in ("ode", "vlb"), f"eval.method={e.method!r} is unknown; known: ['ode', 'vlb']")
   _require(e.method != "vlb" or f.num_steps > 0,
            "eval.method='vlb' is the discrete-time bound: it needs diffusion.num_steps > 0")
@@ -163,13 +213,38 @@ def check_workdir(config, workdir: str, mode: str) -> int | None:
   if step is not None:
     saved = checkpoint.read_meta(workdir, step)
     want = model_meta(config)
+    saved.pop("vocab", None)
     if saved != want:
       diff = sorted(k for k in set(saved["model"]) | set(want["model"])
                     if saved["model"].get(k) != want["model"].get(k))
-      diff += [k for k in ("image_size", "channels") if saved.get(k) != want.get(k)]
+      diff += [k for k in ("image_size", "channels", "cond") if saved.get(k) != want.get(k)]
       raise ConfigError(f"workdir {workdir!r} holds a checkpoint (step {step}) of an "
                         f"incompatible model: {', '.join(diff)} differ; use a new workdir")
   return step
+
+
+def check_text(config, workdir: str, step: int | None) -> Tokenizer | None:
+  """The run's tokenizer: the checkpoint's vocabulary, or (new runs) one built from
+  the training split's captions and checked against the model's text fields."""
+  mc = model_config(config)
+  if mc.text != "tokens":
+    return None
+  if step is not None:
+    vocab = checkpoint.read_meta(workdir, step).get("vocab")
+    _require(vocab is not None, f"checkpoint {step} in {workdir!r} has no vocabulary")
+    return Tokenizer(vocab, mc.text_max_len)
+  try:
+    vocab, longest = pipeline.caption_vocab(config.data)
+  except pipeline.DataError as e:
+    raise ConfigError(f"data: {e}") from None
+  _require(bool(vocab), f"the captions (data.text_key={config.data.text_key!r}) are empty")
+  _require(len(vocab) + 1 <= mc.text_vocab_size,
+           f"model.text_vocab_size={mc.text_vocab_size} is too small for the captions' "
+           f"{len(vocab)} words (+1 for padding)")
+  _require(longest <= mc.text_max_len,
+           f"model.text_max_len={mc.text_max_len} is shorter than the longest caption "
+           f"({longest} words)")
+  return Tokenizer(vocab, mc.text_max_len)
 
 
 def check_mode(mode: str) -> None:
@@ -179,10 +254,10 @@ def check_mode(mode: str) -> None:
 def check_all(config, workdir: str, mode: str, num_devices: int | None = None) -> int | None:
   """Every check of a run, before anything is compiled or written."""
   check_mode(mode)
-  check_config(config, num_devices)
+  check_config(config, num_devices, mode)
   check_data(config)
   return check_workdir(config, workdir, mode)
 
 
 __all__ = ["ConfigError", "MODES", "check_all", "check_config", "check_data",
-           "check_workdir", "model_config", "model_meta"]
+           "check_text", "check_workdir", "model_config", "model_meta"]

@@ -40,7 +40,7 @@ class JaxBench:
     self.batch = batch
     self.state = init(key)
     self.params = sum(v.size for v in jax.tree.leaves(self.state.params))
-    self.step = jax.jit(train_state.make_train_step(model, tx, diff, 0.9999, 0.0),
+    self.step = jax.jit(train_state.make_train_step(model, tx, diff, 0.9999, {}),
                         donate_argnums=(0,))
     self.fwd = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, Cond()))
     rng = np.random.default_rng(0)

@@ -71,7 +71,7 @@ def run_model(config, workdir, num_samples, mesh, labels_used, nfes, reference=T
                                  t_max=min(1.0, config.sample.t_max), **opts)
     fn = generate.make_sample_fn(model, diff, cfg, shape, mesh)
     t0 = time.perf_counter()
-    images = generate.generate(fn, state.ema_params, labels, num_samples, 7, mesh)
+    images = generate.generate(fn, state.ema_params, {"label": labels}, num_samples, 7, mesh)
     scores = digits_eval.evaluate(images, labels)
     rows.append({"sampler": label, "grid": grid, "steps": steps, "nfe": samplers.nfe(cfg),
                  "seconds": time.perf_counter() - t0,

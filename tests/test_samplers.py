@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import samplers, schedules
+from diffusion_jax import conditions, samplers, schedules
 from diffusion_jax.models.unet import Cond
 
 MU, STD = 0.3, 0.5
@@ -164,6 +164,10 @@ def test_time_grid_on_discrete_steps():
     samplers.time_grid(sch, 1001)
 
 
+def _null_labels(cond, which):
+  return conditions.null(cond, which, null_label=10)
+
+
 def test_guidance_arithmetic():
   """D_u + w (D_c - D_u), both branches in one doubled batch."""
   calls = []
@@ -176,9 +180,60 @@ def test_guidance_arithmetic():
   cond = Cond(labels=jnp.arange(5))
   for w, want in [(0.0, 1.0), (1.0, 3.0), (2.0, 5.0), (4.0, 9.0)]:
     calls.clear()
-    out = samplers.guided(d, w, null_label=10)(x, t, cond)
+    out = samplers.guided(d, {"labels": w}, _null_labels)(x, t, cond)
     np.testing.assert_allclose(out, want)
     assert calls == ([5] if w == 1.0 else [10])
+
+
+def test_guidance_per_condition():
+  """Nested guidance over image, labels and text: D_0 + sum_k w_k (D_k - D_{k-1}).
+
+  The test denoiser is additive, D = 1 + 10 [label] + 100 [text] + 1000 [image], so
+  each guided condition's term is its scale times its own contribution."""
+  calls = []
+
+  def d(x, t, cond):
+    calls.append(x.shape[0])
+    on = lambda v: v.reshape(v.shape[0], -1).any(axis=1)[:, None].astype(jnp.float32)
+    value = (1.0 + 10.0 * (cond.labels != 10)[:, None] + 100.0 * on(cond.tokens)
+             + 1000.0 * on(cond.image))
+    return value * jnp.ones_like(x)
+
+  n = 3
+  x, t = jnp.zeros((n, 2)), jnp.full((n,), 0.5)
+  cond = Cond(labels=jnp.arange(n), tokens=jnp.ones((n, 4), jnp.int32),
+              image=jnp.ones((n, 2, 2, 1)))
+  cases = [  # scales -> expected output, branches evaluated.
+      ({}, 1111.0, 1),
+      ({"text": 3.0}, 1 + 10 + 1000 + 3 * 100, 2),
+      ({"image": 0.0}, 1 + 10 + 100, 2),
+      ({"labels": 2.0, "text": 5.0}, 1 + 1000 + 2 * 10 + 5 * 100, 3),
+      ({"image": 1.5, "labels": 0.5, "text": 2.0}, 1 + 1.5 * 1000 + 0.5 * 10 + 2 * 100, 4),
+  ]
+  for scales, want, branches in cases:
+    calls.clear()
+    out = samplers.guided(d, scales, _null_labels)(x, t, cond)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    assert calls == [n * branches]
+
+
+def test_null_conditions_and_dropout():
+  cond = Cond(labels=jnp.arange(4), tokens=jnp.ones((4, 3), jnp.int32),
+              image=jnp.ones((4, 2, 2, 1)), text_emb=None)
+  assert int(conditions.null(cond, "labels", 10).labels.max()) == 10
+  assert int(conditions.null(cond, "text", 10).tokens.sum()) == 0
+  assert float(conditions.null(cond, "image", 10).image.sum()) == 0.0
+  emb = Cond(text_emb=jnp.ones((4, 3, 5)), text_mask=jnp.ones((4, 3), bool))
+  nulled = conditions.null(emb, "text", 10)
+  assert not bool(nulled.text_mask.any()) and float(nulled.text_emb.sum()) == 0.0
+  # Dropout: each condition independently, per example, at its rate.
+  big = Cond(labels=jnp.zeros((4000,), jnp.int32), tokens=jnp.ones((4000, 2), jnp.int32))
+  out = conditions.drop(big, jax.random.key(0), {"labels": 0.1, "text": 0.5}, 10)
+  label_dropped = np.asarray(out.labels == 10)
+  text_dropped = np.asarray(out.tokens.sum(1) == 0)
+  assert abs(label_dropped.mean() - 0.1) < 0.02 and abs(text_dropped.mean() - 0.5) < 0.03
+  # Independent: both dropped about 5% of the time.
+  assert abs((label_dropped & text_dropped).mean() - 0.05) < 0.015
 
 
 def test_unknown_sampler():

@@ -22,8 +22,7 @@ def setup(config, mesh=None):
   mesh = mesh or parallel.make_mesh(1)
   model, diff, tx = train.build(config)
   init, key, _ = train._init_fns(config, model, tx, mesh)
-  step = train_state.make_train_step(model, tx, diff, config.training.ema_decay,
-                                     config.training.label_dropout)
+  step = train.make_step(config, model, diff, tx)
   return model, diff, init(key), jax.jit(step), mesh
 
 

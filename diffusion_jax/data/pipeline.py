@@ -1,11 +1,15 @@
 """tf.data input pipeline over any tfds dataset, sharded per JAX process.
 
-Batches are dicts of numpy arrays: `image` float32 in [-1, 1] (B, H, W, C) and, for
-class-conditional configs, `label` int32 (B,). B is the per-process batch.
+Batches are dicts of numpy arrays: `image` float32 in [-1, 1] (B, H, W, C) and the
+conditions the model takes: `label` int32 (B,) for class-conditional configs; `tokens`
+int32 (B, L) for captions tokenized with the run's vocabulary; `text_emb` float32
+(B, L, D) and `text_mask` bool (B, L) for precomputed text embeddings (a token whose
+embedding is all zeros is padding). B is the per-process batch. Image conditions
+(low-resolution, grayscale, masked inputs) are made from `image` in the train step.
 """
 
 import os
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import jax
 import numpy as np
@@ -13,10 +17,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from diffusion_jax.data import digits as _digits  # Registers `sklearn_digits`.
+from diffusion_jax.data import photos as _photos  # Registers `photo_patches`.
 from diffusion_jax.data import shapes as _shapes  # Registers `shapes_captions`.
+from diffusion_jax.tokenizer import Tokenizer, build_vocab, words
 
 # Datasets the package ships: prepared on first use, with nothing downloaded.
-BUNDLED = {"sklearn_digits": _digits.SklearnDigits, "shapes_captions": _shapes.ShapesCaptions}
+BUNDLED = {"sklearn_digits": _digits.SklearnDigits, "photo_patches": _photos.PhotoPatches,
+           "shapes_captions": _shapes.ShapesCaptions}
 
 
 class DataError(ValueError):
@@ -54,8 +61,25 @@ def prepare(builder: tfds.core.DatasetBuilder) -> None:
     builder.download_and_prepare()
 
 
+class TextSpec(NamedTuple):
+  """Which text a batch carries: captions as token ids, or precomputed embeddings."""
+  tokenizer: Tokenizer | None = None
+  emb_key: str = ""
+
+
+def _tokenize(caption, tokenizer: Tokenizer):
+  # A string comparison against the vocabulary, not a lookup table: tables are
+  # stateful, and a stateful op would make the iterator impossible to checkpoint.
+  ws = tf.strings.split(tf.strings.lower(caption))
+  hit = tf.equal(ws[:, None], tf.constant(tokenizer.vocab)[None, :])
+  tf.debugging.assert_equal(tf.reduce_all(tf.reduce_any(hit, axis=1)), True,
+                            "caption word outside the run's vocabulary")
+  ids = tf.cast(tf.argmax(tf.cast(hit, tf.int32), axis=1), tf.int32)[:tokenizer.max_len] + 1
+  return tf.pad(ids, [[0, tokenizer.max_len - tf.shape(ids)[0]]])
+
+
 def _preprocess(example, image_key: str, label_key: str | None, image_size: int,
-                random_flip: bool, seed: int):
+                random_flip: bool, seed: int, text: TextSpec, text_key: str):
   image = example[image_key]
   if image.shape[0] != image_size or image.shape[1] != image_size:
     image = tf.image.resize(image, (image_size, image_size), method="area", antialias=True)
@@ -65,11 +89,18 @@ def _preprocess(example, image_key: str, label_key: str | None, image_size: int,
     out["image"] = tf.image.stateless_random_flip_left_right(out["image"], seed)
   if label_key:
     out["label"] = tf.cast(example[label_key], tf.int32)
+  if text.tokenizer is not None:
+    out["tokens"] = _tokenize(example[text_key], text.tokenizer)
+  if text.emb_key:
+    emb = tf.cast(example[text.emb_key], tf.float32)
+    out["text_emb"] = emb
+    out["text_mask"] = tf.reduce_any(emb != 0, axis=-1)
   return out
 
 
 def make_dataset(data_cfg, local_batch_size: int, seed: int,
-                 builder: tfds.core.DatasetBuilder | None = None) -> tf.data.Dataset:
+                 builder: tfds.core.DatasetBuilder | None = None,
+                 text: TextSpec = TextSpec()) -> tf.data.Dataset:
   """An infinite, shuffled, batched dataset for this process.
 
   Deterministic for a given seed and process, so that the tf.data iterator can be
@@ -90,7 +121,8 @@ def make_dataset(data_cfg, local_batch_size: int, seed: int,
   ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
   ds = ds.map(
       lambda ex, i: _preprocess(ex, data_cfg.image_key, label_key, data_cfg.image_size,
-                                data_cfg.random_flip, tf.stack([tf.cast(seed, tf.int64), i])),
+                                data_cfg.random_flip, tf.stack([tf.cast(seed, tf.int64), i]),
+                                text, data_cfg.text_key),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   options = tf.data.Options()
@@ -105,19 +137,47 @@ def as_numpy(iterator) -> Iterator[dict[str, np.ndarray]]:
     yield jax.tree.map(lambda x: x._numpy(), batch)
 
 
-def load_split_numpy(data_cfg, split: str, max_examples: int | None = None) -> dict:
-  """A whole split as numpy (images uint8, labels), for evaluation on small datasets."""
+def load_split_numpy(data_cfg, split: str, max_examples: int | None = None,
+                     captions: bool = False, text_emb: bool = False) -> dict:
+  """A split (in file order) as numpy: `image` uint8 at data.image_size, and `label`,
+  `caption` (str) and `text_emb` where asked for; for evaluation and sampling inputs."""
   builder = get_builder(data_cfg.name, data_cfg.data_dir)
   prepare(builder)
-  ds = builder.as_dataset(split=split)
+  ds = builder.as_dataset(split=split, shuffle_files=False)
   if max_examples:
     ds = ds.take(max_examples)
-  images, labels = [], []
+  keys = {"image": data_cfg.image_key}
+  if data_cfg.num_classes:
+    keys["label"] = data_cfg.label_key
+  if captions:
+    keys["caption"] = data_cfg.text_key
+  if text_emb:
+    keys["text_emb"] = data_cfg.text_emb_key
+  cols = {k: [] for k in keys}
   for ex in tfds.as_numpy(ds):
-    images.append(ex[data_cfg.image_key])
-    if data_cfg.num_classes:
-      labels.append(ex[data_cfg.label_key])
-  out = {"image": np.stack(images)}
-  if labels:
-    out["label"] = np.asarray(labels)
+    for k, feature in keys.items():
+      cols[k].append(ex[feature])
+  if not cols["image"]:
+    raise DataError(f"split {split!r} of {data_cfg.name!r} is empty")
+  out = {k: np.stack(v) for k, v in cols.items()}
+  if "caption" in out:
+    out["caption"] = np.asarray([c.decode() for c in out["caption"]])
+  size = data_cfg.image_size
+  if out["image"].shape[1:3] != (size, size):
+    resized = tf.image.resize(out["image"], (size, size), method="area", antialias=True)
+    out["image"] = np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
   return out
+
+
+def caption_vocab(data_cfg) -> tuple[list[str], int]:
+  """The vocabulary of the training split's captions and the most words in one."""
+  builder = get_builder(data_cfg.name, data_cfg.data_dir)
+  prepare(builder)
+  if data_cfg.text_key not in builder.info.features:
+    raise DataError(f"dataset {data_cfg.name!r} has no feature data.text_key="
+                    f"{data_cfg.text_key!r} (features: {sorted(builder.info.features)})")
+  ds = builder.as_dataset(split=data_cfg.split, shuffle_files=False,
+                          decoders={data_cfg.image_key: tfds.decode.SkipDecoding()})
+  texts = [ex[data_cfg.text_key].decode()
+           for ex in tfds.as_numpy(ds.map(lambda e: {data_cfg.text_key: e[data_cfg.text_key]}))]
+  return build_vocab(texts), max((len(words(t)) for t in texts), default=0)

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.models.text import Context, CrossAttnBlock, TextEncoder
+
 Array = jax.Array
 
 
@@ -37,13 +39,32 @@ class UNetConfig:
   # Channels of a conditioning image concatenated to the input (super-resolution,
   # image-to-image). 0 means none.
   cond_image_channels: int = 0
+  # Lower feature-map sizes where the (area-downsampled) conditioning image is also
+  # added, through a 1x1 convolution.
+  cond_image_resolutions: tuple[int, ...] = ()
+  # Text: token ids encoded by a jointly trained transformer (text_vocab_size > 0),
+  # or precomputed embeddings of width text_emb_dim (> 0); at most one of the two.
+  text_vocab_size: int = 0
+  text_max_len: int = 16
+  text_width: int = 64
+  text_layers: int = 2
+  text_heads: int = 4
+  text_emb_dim: int = 0
+  # Feature-map sizes with cross-attention to the text.
+  cross_attn_resolutions: tuple[int, ...] = ()
   dtype: str = "float32"
+
+  @property
+  def text(self) -> str:
+    """How the model takes text: "tokens", "embeddings" or "" (not at all)."""
+    return "tokens" if self.text_vocab_size else "embeddings" if self.text_emb_dim else ""
 
   @classmethod
   def from_config(cls, cfg: Any) -> "UNetConfig":
     """From an ml_collections model section (unknown keys are an error)."""
     d = dict(cfg)
-    for k in ("ch_mult", "attn_resolutions"):
+    for k in ("ch_mult", "attn_resolutions", "cond_image_resolutions",
+              "cross_attn_resolutions"):
       if k in d:
         d[k] = tuple(int(v) for v in d[k])
     names = {f.name for f in dataclasses.fields(cls)}
@@ -57,11 +78,17 @@ class UNetConfig:
 class Cond:
   """What the network is conditioned on; a field left None is not used.
 
-  labels: (batch,) int32 class ids; `num_classes` is the null label.
-  image:  (batch, H, W, cond_image_channels) at the output resolution.
+  labels:    (batch,) int32 class ids; `num_classes` is the null label.
+  image:     (batch, H, W, cond_image_channels) at the output resolution; zeros = none.
+  tokens:    (batch, L) int32 token ids, 0 = padding; all padding = the empty prompt.
+  text_emb:  (batch, L, text_emb_dim) precomputed embeddings, with
+  text_mask: (batch, L) bool, False where there is no token (all False = empty prompt).
   """
   labels: Optional[Array] = None
   image: Optional[Array] = None
+  tokens: Optional[Array] = None
+  text_emb: Optional[Array] = None
+  text_mask: Optional[Array] = None
 
 
 def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
@@ -140,31 +167,42 @@ class UNet(nn.Module):
         raise ValueError(f"this U-Net takes a {cfg.cond_image_channels}-channel "
                          "conditioning image in Cond(image=...)")
       x = jnp.concatenate([x, cond.image.astype(x.dtype)], axis=-1)
+    context = None
+    if cfg.text:
+      context, mask, pooled = self._context(cond, emb_dim, dtype)
+      emb = emb + pooled
 
     block = lambda ch: ResBlock(ch, cfg.dropout, cfg.num_groups, cfg.scale_shift_norm, dtype)
-    attn = lambda: AttnBlock(cfg.num_heads, cfg.num_groups, dtype)
+
+    def attn(h):
+      if h.shape[1] in cfg.attn_resolutions:
+        h = AttnBlock(cfg.num_heads, cfg.num_groups, dtype)(h)
+      if context is not None and h.shape[1] in cfg.cross_attn_resolutions:
+        h = CrossAttnBlock(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
+      return h
 
     h = nn.Conv(cfg.ch, (3, 3), dtype=dtype, name="conv_in")(x)
     skips = [h]
     for level, mult in enumerate(cfg.ch_mult):
+      if level and h.shape[1] in cfg.cond_image_resolutions:
+        h = h + nn.Conv(h.shape[-1], (1, 1), dtype=dtype)(
+            _area_resize(cond.image.astype(h.dtype), h.shape[1]))
       for _ in range(cfg.num_res_blocks):
-        h = block(cfg.ch * mult)(h, emb, train)
-        if h.shape[1] in cfg.attn_resolutions:
-          h = attn()(h)
+        h = attn(block(cfg.ch * mult)(h, emb, train))
         skips.append(h)
       if level != len(cfg.ch_mult) - 1:
         h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=dtype)(h)
         skips.append(h)
 
     h = block(h.shape[-1])(h, emb, train)
-    h = attn()(h)
+    h = AttnBlock(cfg.num_heads, cfg.num_groups, dtype)(h)
+    if context is not None and h.shape[1] in cfg.cross_attn_resolutions:
+      h = CrossAttnBlock(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
     h = block(h.shape[-1])(h, emb, train)
 
     for level, mult in reversed(list(enumerate(cfg.ch_mult))):
       for _ in range(cfg.num_res_blocks + 1):
-        h = block(cfg.ch * mult)(jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
-        if h.shape[1] in cfg.attn_resolutions:
-          h = attn()(h)
+        h = attn(block(cfg.ch * mult)(jnp.concatenate([h, skips.pop()], axis=-1), emb, train))
       if level != 0:
         b, hh, ww, c = h.shape
         h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
@@ -175,6 +213,30 @@ class UNet(nn.Module):
     h = nn.Conv(cfg.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
                 dtype=dtype, name="conv_out")(h)
     return h.astype(jnp.float32)
+
+  def _context(self, cond: Cond, emb_dim: int, dtype):
+    """The cross-attention context, its mask and a pooled embedding, from either
+    token ids (encoded here) or precomputed embeddings."""
+    cfg = self.config
+    if cfg.text == "tokens":
+      if cond.tokens is None:
+        raise ValueError("this U-Net takes text as token ids: pass Cond(tokens=...)")
+      text, mask = TextEncoder(cfg.text_vocab_size, cfg.text_max_len, cfg.text_width,
+                               cfg.text_layers, cfg.text_heads, dtype,
+                               name="text_encoder")(cond.tokens)
+    else:
+      if cond.text_emb is None or cond.text_emb.shape[-1] != cfg.text_emb_dim:
+        raise ValueError(f"this U-Net takes precomputed text embeddings of width "
+                         f"{cfg.text_emb_dim}: pass Cond(text_emb=..., text_mask=...)")
+      text, mask = cond.text_emb.astype(dtype), cond.text_mask
+    return Context(cfg.text_width, emb_dim, dtype, name="context")(text, mask)
+
+
+def _area_resize(x: Array, size: int) -> Array:
+  """Mean over size x size blocks: exact area downsampling by an integer factor."""
+  b, h, w, c = x.shape
+  f = h // size
+  return x.reshape(b, size, f, size, f, c).mean(axis=(2, 4))
 
 
 def resolutions(image_size: int, num_levels: int) -> list[int]:

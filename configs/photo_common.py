@@ -1,0 +1,52 @@
+"""Shared settings of the photo_patches configs (not an experiment by itself)."""
+
+from configs import default
+
+
+def base(arg: str, name: str, num_steps: int = 3000):
+  """32x32 photo crops, a small U-Net sized for a CPU run, v-prediction (cosine)."""
+  c = default.get_config()
+  d = c.data
+  d.name = "photo_patches"
+  d.image_size = 32
+  d.channels = 3
+  d.num_classes = 0
+  d.random_flip = True
+  d.shuffle_buffer = 10_000
+
+  m = c.model
+  m.ch = 16
+  m.ch_mult = (1, 2, 4)
+  m.num_res_blocks = 2
+  m.attn_resolutions = (8,)
+  m.num_heads = 4
+  m.num_groups = 8
+  m.dropout = 0.0
+
+  c.diffusion.schedule = "cosine"
+  c.diffusion.num_steps = 0
+  c.diffusion.prediction = "v"
+
+  t = c.training
+  t.batch_size = 32
+  t.num_steps = num_steps
+  t.label_dropout = 0.0
+  t.checkpoint_every = 1000
+  c.optim.lr = 1e-3
+
+  s = c.sample
+  s.sampler = "dpmpp_2m"
+  s.num_steps = 25
+  s.num_samples = 64
+  s.batch_size = 64
+  if arg == "runlocal":
+    d.name = "photo_patches/tiny"
+    t.num_steps = 4
+    t.log_every = 2
+    t.checkpoint_every = 2
+    c.optim.warmup_steps = 1
+    s.num_samples = s.batch_size = 8
+    s.num_steps = 3
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of configs/{name}.py (known: runlocal)")
+  return c

@@ -1,0 +1,174 @@
+"""Where the conditions of a sample set come from, checked before anything is sampled.
+
+Each condition the model takes is read from, in order: the command line (`--labels`,
+`--prompt`, a prompts file), a conditions file or directory (`--cond`), a base model's
+samples (a cascade), or else the first `sample.num_samples` examples of the dataset's
+`sample.cond_split` (image conditions are then made from its images, which are kept
+as the `reference`). Images in files are uint8; they become [-1, 1] floats here.
+"""
+
+import os
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from PIL import Image
+
+from diffusion_jax import conditions, generate
+from diffusion_jax.data import pipeline
+from diffusion_jax.tokenizer import Tokenizer, TokenizerError
+
+
+class InputError(ValueError):
+  """Conditions that do not fit the model: a clear message, nothing written."""
+
+
+class Given(NamedTuple):
+  """Conditions given by the user; None = not given."""
+  labels: np.ndarray | None = None
+  prompts: list[str] | None = None
+  cond_path: str | None = None  # An .npz, or a directory of PNGs (image conditions).
+  images: dict | None = None  # Image conditions already in [-1, 1] (a cascade's samples).
+
+
+def read_prompts(path: str) -> list[str]:
+  """One prompt per line; blank lines are skipped."""
+  if not os.path.isfile(path):
+    raise InputError(f"prompts file {path!r} does not exist")
+  with open(path) as f:
+    prompts = [line.strip() for line in f if line.strip()]
+  if not prompts:
+    raise InputError(f"prompts file {path!r} has no prompts")
+  return prompts
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+  return x.astype(np.float32) / 127.5 - 1.0
+
+
+def _read_cond_path(path: str, keys: tuple[str, ...]) -> dict:
+  """uint8 arrays for `keys` from an .npz, or a directory of PNGs (one per sample, in
+  name order; for inpainting an RGBA PNG's alpha is the mask, 0 = hole)."""
+  if os.path.isdir(path):
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
+    if not names:
+      raise InputError(f"--cond directory {path!r} has no .png files")
+    imgs = [np.asarray(Image.open(os.path.join(path, n))) for n in names]
+    if len({i.shape for i in imgs}) > 1:
+      raise InputError(f"--cond directory {path!r}: the PNGs differ in size or channels")
+    arr = np.stack(imgs)
+    if arr.ndim == 3:
+      arr = arr[..., None]
+    if keys == ("masked", "mask"):
+      if arr.shape[-1] != 4:
+        raise InputError(f"--cond directory {path!r}: inpainting takes RGBA PNGs "
+                         "(alpha 0 = hole); these have "
+                         f"{arr.shape[-1]} channels")
+      return {"masked": arr[..., :3], "mask": (arr[..., 3:] > 0).astype(np.uint8) * 255}
+    return {keys[0]: arr}
+  if not path.endswith(".npz") or not os.path.isfile(path):
+    raise InputError(f"--cond {path!r} is neither an .npz file nor a directory of PNGs")
+  with np.load(path) as f:
+    missing = [k for k in keys if k not in f]
+    if missing:
+      raise InputError(f"--cond {path!r} lacks {missing} (has {sorted(f.files)}); this "
+                       f"model's image condition needs {list(keys)}")
+    out = {k: np.asarray(f[k]) for k in keys}
+  if "mask" in out and out["mask"].max() <= 1:
+    out["mask"] = out["mask"].astype(np.uint8) * 255  # 0/1 masks are fine too.
+  return out
+
+
+def check_image_inputs(arrays: dict, want: dict, source: str) -> None:
+  for k, shape in want.items():
+    got = arrays[k].shape[1:]
+    if arrays[k].ndim != 4 or got != shape:
+      raise InputError(f"{source}: {k!r} images have shape {tuple(got)} (h, w, channels); "
+                       f"this model takes {shape}")
+  if len({len(v) for v in arrays.values()}) > 1:
+    raise InputError(f"{source}: {list(arrays)} have different numbers of images")
+
+
+def gather(config, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dict]:
+  """(inputs, record): the model's conditions for each sample ([-1, 1] floats, token
+  ids, labels) and what to save beside the samples (uint8 images, prompts, labels,
+  reference images)."""
+  mcfg_text = "tokens" if config.model.text_vocab_size else (
+      "embeddings" if config.model.text_emb_dim else "")
+  kind = config.cond.image
+  nc = config.data.num_classes
+  counts = {}
+  if given.labels is not None:
+    counts["--labels"] = len(given.labels)
+  if given.prompts is not None:
+    counts["prompts"] = len(given.prompts)
+  if given.labels is not None and not nc:
+    raise InputError("--labels given, but this model is not class-conditional")
+  if given.prompts is not None and mcfg_text != "tokens":
+    raise InputError("prompts given, but this model was not trained on text "
+                     "(model.text_vocab_size = 0)")
+  if (given.cond_path or given.images) and not kind:
+    raise InputError("conditioning images given, but this model takes no image "
+                     "condition (cond.image is empty)")
+
+  images = None
+  if kind:
+    spec = conditions.IMAGE_CONDITIONS[kind]
+    want = spec.shapes(config.data.image_size, config.data.channels, config.cond)
+    if given.images is not None:
+      images = given.images
+    elif given.cond_path:
+      raw = _read_cond_path(given.cond_path, spec.keys)
+      check_image_inputs(raw, want, f"--cond {given.cond_path}")
+      images = {k: _to_float(v) for k, v in raw.items()}
+      if "mask" in images:
+        images["mask"] = (images["mask"] > 0).astype(np.float32)
+    if images is not None:
+      counts["conditioning images"] = len(next(iter(images.values())))
+
+  if len(set(counts.values())) > 1:
+    raise InputError(f"the given conditions disagree on the number of samples: {counts}")
+  n = next(iter(counts.values())) if counts else config.sample.num_samples
+
+  need_split_text = mcfg_text and given.prompts is None
+  need_split_images = kind and images is None
+  split = None
+  if need_split_text or need_split_images:
+    split = pipeline.load_split_numpy(
+        config.data, config.sample.cond_split, n, captions=mcfg_text == "tokens",
+        text_emb=mcfg_text == "embeddings")
+    if len(split["image"]) < n:
+      raise InputError(f"sample.cond_split={config.sample.cond_split!r} has only "
+                       f"{len(split['image'])} examples; {n} samples asked for")
+
+  inputs, record = {}, {}
+  if nc:
+    labels = given.labels
+    if labels is None:
+      labels = (split["label"].astype(np.int32) if split is not None and "label" in split
+                else generate.balanced_labels(n, nc))
+    inputs["label"] = record["labels"] = np.asarray(labels, np.int32)
+  if mcfg_text == "tokens":
+    prompts = given.prompts if given.prompts is not None else list(split["caption"])
+    try:
+      inputs["tokens"] = tokenizer.encode(prompts)
+    except TokenizerError as e:
+      raise InputError(str(e)) from None
+    record["prompts"] = np.asarray(prompts)
+  elif mcfg_text == "embeddings":
+    emb = split["text_emb"].astype(np.float32)
+    inputs["text_emb"], inputs["text_mask"] = emb, np.any(emb != 0, axis=-1)
+  if kind:
+    if images is None:
+      x = _to_float(split["image"])
+      images = {k: np.asarray(v) for k, v in spec.degrade(
+          x, jax.random.key(config.sample.seed), config.cond).items()}
+      record["reference"] = split["image"]
+    inputs.update(images)
+    for k, v in images.items():
+      record[k] = np.clip(np.round((v + 1.0) * 127.5), 0, 255).astype(np.uint8) \
+          if k != "mask" else (v > 0).astype(np.uint8)
+  if not inputs:
+    record["count"] = np.asarray(n)
+  return inputs, record
+

@@ -1,0 +1,1 @@
+"""Experiment scripts; importable so that their helpers can be tested."""
