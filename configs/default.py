@@ -39,6 +39,16 @@ def get_config() -> ml_collections.ConfigDict:
   m.out_channels = d.get_ref("channels")  # Output channels = image channels.
   m.cond_image_channels = 0  # Channels of a concatenated conditioning image; 0 = none.
   m.dtype = "float32"  # Compute dtype of the layers ("bfloat16" on TPU).
+  # Architecture options of score_sde (DDPM++/NCSN++), EDM and VDM; the defaults are DDPM's.
+  m.embedding = "positional"  # Time embedding: "positional" (of 1000 t) or "fourier" (NCSN++).
+  m.fourier_scale = 16.0  # fourier: std of the random frequencies (applied to t in [0, 1]).
+  m.resblock_updown = False  # BigGAN-style residual blocks do the down/upsampling.
+  m.resample_filter = (1, 1)  # FIR taps of those blocks and progressive paths; (1, 3, 3, 1) = FIR.
+  m.skip_rescale = False  # Scale residual and attention sums by 1/sqrt(2).
+  m.up_attn_once = False  # Up path: one attention per level (score_sde, EDM), not per block.
+  m.progressive_input = "none"  # Input pyramid: "none", "input_skip" or "residual" (NCSN++).
+  m.progressive = "none"  # Output pyramid: "none" or "output_skip".
+  m.input_fourier = ()  # VDM: exponents k of sin/cos(2^k 2 pi x) input features; () = none.
 
   # --- Diffusion: the forward process and what the network predicts.
   c.diffusion = f = ml_collections.ConfigDict()
