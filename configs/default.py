@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Diffusion: the forward process and what the network predicts.
   c.diffusion = f = ml_collections.ConfigDict()
-  # Process: "linear" (DDPM betas), "cosine", "vp", "subvp", "ve", "edm", "flow".
+  # Process: "linear" (DDPM betas), "cosine", "vp", "subvp", "linear_logsnr", "ve", "edm", "flow".
   f.schedule = "linear"
   f.num_steps = 1000  # Discrete steps T (times i/T) for linear/cosine; 0 = continuous time.
   f.beta_start = 1e-4  # linear: first beta.
@@ -60,6 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
   f.cosine_s = 0.008  # cosine: offset s of Nichol & Dhariwal.
   f.beta_min = 0.1  # vp, subvp: beta(0) of score_sde's SDE.
   f.beta_max = 20.0  # vp, subvp: beta(1).
+  f.log_snr_max = 13.3  # linear_logsnr: log-SNR at t = 0 (VDM: -gamma_min).
+  f.log_snr_min = -5.0  # linear_logsnr: log-SNR at t = 1 (VDM: -gamma_max).
   f.sigma_min = 0.002  # ve, edm: smallest noise level.
   f.sigma_max = 80.0  # ve, edm: largest noise level.
   f.rho = 7.0  # edm: warp of the sigma grid.

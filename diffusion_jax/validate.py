@@ -111,6 +111,7 @@ def check_config(config, num_devices: int | None = None) -> None:
            "and continuous time (num_steps=0)")
   _require(0 < f.beta_start < f.beta_end < 1, "diffusion: need 0 < beta_start < beta_end < 1")
   _require(0 < f.beta_min < f.beta_max, "diffusion: need 0 < beta_min < beta_max")
+  _require(f.log_snr_min < f.log_snr_max, "diffusion: need log_snr_min < log_snr_max")
   _require(0 < f.sigma_min < f.sigma_max, "diffusion: need 0 < sigma_min < sigma_max")
   _require(f.sigma_data > 0 and f.rho > 0, "diffusion.sigma_data and rho must be > 0")
   _require(0 < f.t_min < 1, "diffusion.t_min must be in (0, 1)")
