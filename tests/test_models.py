@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from diffusion_jax import train_state, validate
-from diffusion_jax.models import layers
-from diffusion_jax.models.unet import (AttnBlock, Cond, ResBlock, UNet, UNetConfig,
-                                       count_params)
+from diffusion_jax.models import layers, unet
+from diffusion_jax.models.unet import Cond, UNet, UNetConfig, count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -114,8 +113,8 @@ def test_published_networks_have_their_published_size(name, ours, published, tol
 # --- The blocks, on tiny networks.
 
 def tiny(**kw):
-  base = dict(out_channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-              num_groups=4, dropout=0.0)
+  base = {"out_channels": 3, "ch": 8, "ch_mult": (1, 2), "num_res_blocks": 1,
+          "attn_resolutions": (4,), "num_groups": 4, "dropout": 0.0}
   return UNetConfig(**{**base, **kw})
 
 
@@ -145,7 +144,7 @@ def test_fir_filter_keeps_constants_away_from_the_border():
 
 @pytest.mark.parametrize("resample,size", [("down", 4), ("up", 16), ("none", 8)])
 def test_biggan_resblock_resamples_both_paths(resample, size):
-  block = ResBlock(8, 0.0, 4, False, jnp.float32, resample, (1, 3, 3, 1))
+  block = unet.ResBlock(8, 0.0, 4, False, jnp.float32, resample, (1, 3, 3, 1))
   x, emb = jnp.ones((2, 8, 8, 8)), jnp.ones((2, 16))
   params = jax.eval_shape(lambda: block.init(jax.random.key(0), x, emb, False))["params"]
   out = jax.eval_shape(lambda p: block.apply({"params": p}, x, emb, False), params)
@@ -157,8 +156,9 @@ def test_biggan_resblock_resamples_both_paths(resample, size):
 def test_skip_rescale_divides_residual_sums_by_sqrt2():
   x, emb = jax.random.normal(jax.random.key(1), (2, 4, 4, 8)), jnp.ones((2, 16))
   # Zero-initialised output layers: at init each block's branch is 0, so out = x / sqrt(2).
-  for block, args in [(ResBlock(8, 0.0, 4, False, jnp.float32, skip_rescale=True), (emb, False)),
-                      (AttnBlock(1, 4, jnp.float32, skip_rescale=True), ())]:
+  for block, args in [
+      (unet.ResBlock(8, 0.0, 4, False, jnp.float32, skip_rescale=True), (emb, False)),
+      (unet.AttnBlock(1, 4, jnp.float32, skip_rescale=True), ())]:
     out, _ = block.init_with_output(jax.random.key(0), x, *args)
     np.testing.assert_allclose(out, x / np.sqrt(2.0), rtol=1e-6)
 

@@ -199,7 +199,7 @@ class OutputSkip(nn.Module):
   config: UNetConfig
 
   @nn.compact
-  def __call__(self, pyramid: Optional[Array], h: Array) -> Array:
+  def __call__(self, pyramid: Array | None, h: Array) -> Array:
     cfg = self.config
     out = nn.swish(nn.GroupNorm(cfg.num_groups, dtype=jnp.dtype(cfg.dtype))(h))
     out = nn.Conv(cfg.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
