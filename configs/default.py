@@ -49,6 +49,16 @@ def get_config() -> ml_collections.ConfigDict:
   m.text_emb_dim = 0  # Text as precomputed embeddings of this width; 0 = none.
   m.cross_attn_resolutions = ()  # Feature-map sizes with cross-attention to the text.
   m.dtype = "float32"  # Compute dtype of the layers ("bfloat16" on TPU).
+  # Architecture options of score_sde (DDPM++/NCSN++), EDM and VDM; the defaults are DDPM's.
+  m.embedding = "positional"  # Time embedding: "positional" (of 1000 t) or "fourier" (NCSN++).
+  m.fourier_scale = 16.0  # fourier: std of the random frequencies (applied to t in [0, 1]).
+  m.resblock_updown = False  # BigGAN-style residual blocks do the down/upsampling.
+  m.resample_filter = (1, 1)  # FIR taps of those blocks and progressive paths; (1, 3, 3, 1) = FIR.
+  m.skip_rescale = False  # Scale residual and attention sums by 1/sqrt(2).
+  m.up_attn_once = False  # Up path: one attention per level (score_sde, EDM), not per block.
+  m.progressive_input = "none"  # Input pyramid: "none", "input_skip" or "residual" (NCSN++).
+  m.progressive = "none"  # Output pyramid: "none" or "output_skip".
+  m.input_fourier = ()  # VDM: exponents k of sin/cos(2^k 2 pi x) input features; () = none.
 
   # --- Image conditions, made from the clean image (training) or given (sampling).
   c.cond = k = ml_collections.ConfigDict()
@@ -61,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Diffusion: the forward process and what the network predicts.
   c.diffusion = f = ml_collections.ConfigDict()
-  # Process: "linear" (DDPM betas), "cosine", "vp", "subvp", "ve", "edm", "flow".
+  # Process: "linear" (DDPM betas), "cosine", "vp", "subvp", "linear_logsnr", "ve", "edm", "flow".
   f.schedule = "linear"
   f.num_steps = 1000  # Discrete steps T (times i/T) for linear/cosine; 0 = continuous time.
   f.beta_start = 1e-4  # linear: first beta.
@@ -69,6 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
   f.cosine_s = 0.008  # cosine: offset s of Nichol & Dhariwal.
   f.beta_min = 0.1  # vp, subvp: beta(0) of score_sde's SDE.
   f.beta_max = 20.0  # vp, subvp: beta(1).
+  f.log_snr_max = 13.3  # linear_logsnr: log-SNR at t = 0 (VDM: -gamma_min).
+  f.log_snr_min = -5.0  # linear_logsnr: log-SNR at t = 1 (VDM: -gamma_max).
   f.sigma_min = 0.002  # ve, edm: smallest noise level.
   f.sigma_max = 80.0  # ve, edm: largest noise level.
   f.rho = 7.0  # edm: warp of the sigma grid.

@@ -7,6 +7,7 @@ log_snr(t) = log(alpha^2 / sigma^2), decreasing in t. Families:
                        linear betas, Nichol & Dhariwal's cosine, score_sde's
                        continuous VP SDE (beta(t) linear in t);
   subvp                score_sde's sub-VP: alpha as VP, sigma = 1 - alpha^2;
+  linear_logsnr        VP with log-SNR linear in t (VDM's fixed schedule);
   ve                   variance exploding (SMLD): alpha = 1, geometric sigma;
   edm                  Karras et al.: alpha = 1, sigma from sigma_min to sigma_max on
                        the rho-warped grid sigma(t)^(1/rho) linear in t;
@@ -109,6 +110,16 @@ def subvp(beta_min: float = 0.1, beta_max: float = 20.0) -> Schedule:
                   log_snr=lambda t: 2.0 * (jnp.log(alpha(t)) - jnp.log(sigma(t))))
 
 
+def linear_logsnr(log_snr_max: float = 13.3, log_snr_min: float = -5.0) -> Schedule:
+  """VP with log-SNR linear from log_snr_max at t = 0 to log_snr_min at t = 1.
+
+  Kingma et al. (2021)'s fixed schedule gamma(t) = -log-SNR(t) from -13.3 to 5.
+  """
+  def log_snr(t):
+    return log_snr_max + jnp.asarray(t, jnp.float32) * (log_snr_min - log_snr_max)
+  return from_log_snr(log_snr)
+
+
 def ve(sigma_min: float = 0.01, sigma_max: float = 50.0) -> Schedule:
   """SMLD / score_sde VE SDE: sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
   log_min, log_max = np.log(sigma_min), np.log(sigma_max)
@@ -141,6 +152,7 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "cosine": cosine,
     "vp": vp,
     "subvp": subvp,
+    "linear_logsnr": linear_logsnr,
     "ve": ve,
     "edm": edm,
     "flow": flow,
@@ -161,6 +173,7 @@ def from_config(diffusion_cfg) -> Schedule:
       "cosine": lambda: cosine(f.cosine_s, f.num_steps),
       "vp": lambda: vp(f.beta_min, f.beta_max),
       "subvp": lambda: subvp(f.beta_min, f.beta_max),
+      "linear_logsnr": lambda: linear_logsnr(f.log_snr_max, f.log_snr_min),
       "ve": lambda: ve(f.sigma_min, f.sigma_max),
       "edm": lambda: edm(f.sigma_min, f.sigma_max, f.rho),
       "flow": lambda: flow(),

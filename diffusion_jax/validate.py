@@ -10,6 +10,7 @@ import jax
 
 from diffusion_jax import checkpoint, conditions, diffusion, samplers, schedules
 from diffusion_jax.data import pipeline
+from diffusion_jax.models import unet
 from diffusion_jax.models.unet import UNetConfig, resolutions
 from diffusion_jax.tokenizer import Tokenizer
 
@@ -32,16 +33,38 @@ def model_config(config) -> UNetConfig:
     raise ConfigError(f"model: {e}") from None
 
 
+def _model_json(mc: UNetConfig) -> dict:
+  return json.loads(json.dumps(vars(mc), default=list))
+
+
 def model_meta(config, tokenizer=None) -> dict:
   """What a checkpoint must agree on with the config to be restorable (and, for
   text models, the vocabulary it was trained with)."""
-  meta = {"model": json.loads(json.dumps(vars(model_config(config)), default=list)),
+  meta = {"model": _model_json(model_config(config)),
           "image_size": config.data.image_size, "channels": config.data.channels}
   if config.cond.image:
     meta["cond"] = {"image": config.cond.image, "sr_factor": config.cond.sr_factor}
   if tokenizer is not None:
     meta["vocab"] = tokenizer.vocab
   return meta
+
+
+def _check_architecture(mc: UNetConfig) -> None:
+  """The score_sde / EDM / VDM options of the U-Net."""
+  _require(mc.embedding in unet.EMBEDDINGS,
+           f"model.embedding={mc.embedding!r} is unknown; known: {sorted(unet.EMBEDDINGS)}")
+  _require(mc.fourier_scale > 0, "model.fourier_scale must be > 0")
+  inputs = ["none", *unet.PROGRESSIVE_INPUTS]
+  _require(mc.progressive_input in inputs,
+           f"model.progressive_input={mc.progressive_input!r} is unknown; known: {sorted(inputs)}")
+  _require(mc.progressive in unet.PROGRESSIVES,
+           f"model.progressive={mc.progressive!r} is unknown; known: {sorted(unet.PROGRESSIVES)}")
+  _require(len(mc.resample_filter) >= 2 and sum(mc.resample_filter) > 0,
+           f"model.resample_filter={mc.resample_filter} needs at least two taps with a "
+           "positive sum, e.g. (1, 1) or (1, 3, 3, 1)")
+  uses_filter = mc.resblock_updown or "none" not in (mc.progressive, mc.progressive_input)
+  _require(uses_filter or mc.resample_filter == (1, 1),
+           "model.resample_filter only acts with resblock_updown or a progressive path")
 
 
 def check_config(config, num_devices: int | None = None, mode: str = "train") -> None:
@@ -71,6 +94,7 @@ def check_config(config, num_devices: int | None = None, mode: str = "train") ->
       _require(ch % mc.num_heads == 0,
                f"model.num_heads={mc.num_heads} does not divide the channel count {ch}")
   _require(0.0 <= mc.dropout < 1.0, "model.dropout must be in [0, 1)")
+  _check_architecture(mc)
   k = config.cond
   _require(k.image in ("",) + tuple(conditions.IMAGE_CONDITIONS),
            f"cond.image={k.image!r} is unknown; known: {sorted(conditions.IMAGE_CONDITIONS)} "
@@ -124,6 +148,7 @@ def check_config(config, num_devices: int | None = None, mode: str = "train") ->
            "and continuous time (num_steps=0)")
   _require(0 < f.beta_start < f.beta_end < 1, "diffusion: need 0 < beta_start < beta_end < 1")
   _require(0 < f.beta_min < f.beta_max, "diffusion: need 0 < beta_min < beta_max")
+  _require(f.log_snr_min < f.log_snr_max, "diffusion: need log_snr_min < log_snr_max")
   _require(0 < f.sigma_min < f.sigma_max, "diffusion: need 0 < sigma_min < sigma_max")
   _require(f.sigma_data > 0 and f.rho > 0, "diffusion.sigma_data and rho must be > 0")
   _require(0 < f.t_min < 1, "diffusion.t_min must be in (0, 1)")
@@ -212,6 +237,9 @@ def check_workdir(config, workdir: str, mode: str) -> int | None:
              f"--mode={mode}: no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
   if step is not None:
     saved = checkpoint.read_meta(workdir, step)
+    # Fields added after the checkpoint was written take their defaults, which build
+    # the network it was trained as.
+    saved["model"] = {**_model_json(UNetConfig()), **saved["model"]}
     want = model_meta(config)
     saved.pop("vocab", None)
     if saved != want:

@@ -1,4 +1,5 @@
-"""Model shapes for every config (jax.eval_shape, no real init) and parameter counts."""
+"""Model shapes for every config (jax.eval_shape, no real init), parameter counts of the
+published networks, and the score_sde / EDM / VDM blocks on tiny networks."""
 
 import glob
 import importlib.util
@@ -6,9 +7,11 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from diffusion_jax import train_state, validate
+from diffusion_jax.models import layers, unet
 from diffusion_jax.models.unet import Cond, UNet, UNetConfig, count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,3 +86,153 @@ def test_image_conditioning_hook_concatenates_channels():
 def test_unknown_model_field_is_an_error():
   with pytest.raises(ValueError, match="unknown model config fields: \\['width'\\]"):
     UNetConfig.from_config({"width": 3})
+
+
+# --- Published networks. Published counts are rounded to the million, so ours must be
+# within 1% of them; VDM publishes none, so its reference is its code's ScoreUNet,
+# counted layer by layer (30,578,179 + 2 schedule endpoints).
+PUBLISHED = [
+    # config, our count, published count, tolerance. Sources: Karras et al. (2022)
+    # App. C ("62 / 63 million trainable parameters" of the released score_sde
+    # checkpoints) and App. F.3 ("about 56 million" for EDM's 32x32 models).
+    ("cifar10_ddpmpp_vp.py", 61_804_419, 62_000_000, 0.01),
+    ("cifar10_ncsnpp_ve.py", 62_758_787, 63_000_000, 0.01),
+    ("cifar10_edm_cond.py", 55_738_371, 56_000_000, 0.01),
+    ("cifar10_vdm.py", 30_586_243, 30_578_181, 0.001),
+]
+
+
+@pytest.mark.parametrize("name,ours,published,tol", PUBLISHED, ids=[p[0] for p in PUBLISHED])
+def test_published_networks_have_their_published_size(name, ours, published, tol):
+  params, _ = abstract_apply(load_config(os.path.join(ROOT, "configs", name)))
+  n = count_params(params)
+  assert n == ours  # The number each config's docstring states.
+  assert abs(n - published) <= tol * published
+
+
+# --- The blocks, on tiny networks.
+
+def tiny(**kw):
+  base = {"out_channels": 3, "ch": 8, "ch_mult": (1, 2), "num_res_blocks": 1,
+          "attn_resolutions": (4,), "num_groups": 4, "dropout": 0.0}
+  return UNetConfig(**{**base, **kw})
+
+
+def shapes(cfg, size=8, **apply_kw):
+  model = UNet(cfg)
+  x, t = jnp.zeros((2, size, size, 3)), jnp.zeros((2,))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t))
+  out = jax.eval_shape(lambda v: model.apply(v, x, t, **apply_kw), variables)
+  return variables["params"], out
+
+
+def test_fir_box_filter_is_average_pooling_and_nearest_upsampling():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  pooled = x.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+  np.testing.assert_allclose(layers.downsample_2d(x, (1, 1)), pooled, atol=1e-6)
+  nearest = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  np.testing.assert_allclose(layers.upsample_2d(x, (1, 1)), nearest, atol=1e-6)
+
+
+def test_fir_filter_keeps_constants_away_from_the_border():
+  x = jnp.ones((1, 8, 8, 2))
+  down, up = layers.downsample_2d(x, (1, 3, 3, 1)), layers.upsample_2d(x, (1, 3, 3, 1))
+  assert down.shape == (1, 4, 4, 2) and up.shape == (1, 16, 16, 2)
+  np.testing.assert_allclose(down[:, 1:-1, 1:-1], 1.0, atol=1e-6)  # Zero padding at the edge.
+  np.testing.assert_allclose(up[:, 2:-2, 2:-2], 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("resample,size", [("down", 4), ("up", 16), ("none", 8)])
+def test_biggan_resblock_resamples_both_paths(resample, size):
+  block = unet.ResBlock(8, 0.0, 4, False, jnp.float32, resample, (1, 3, 3, 1))
+  x, emb = jnp.ones((2, 8, 8, 8)), jnp.ones((2, 16))
+  params = jax.eval_shape(lambda: block.init(jax.random.key(0), x, emb, False))["params"]
+  out = jax.eval_shape(lambda p: block.apply({"params": p}, x, emb, False), params)
+  assert out.shape == (2, size, size, 8)
+  # Equal channels: the skip path has a 1x1 conv only when it is resampled.
+  assert ("skip" in params) == (resample != "none")
+
+
+def test_skip_rescale_divides_residual_sums_by_sqrt2():
+  x, emb = jax.random.normal(jax.random.key(1), (2, 4, 4, 8)), jnp.ones((2, 16))
+  # Zero-initialised output layers: at init each block's branch is 0, so out = x / sqrt(2).
+  for block, args in [
+      (unet.ResBlock(8, 0.0, 4, False, jnp.float32, skip_rescale=True), (emb, False)),
+      (unet.AttnBlock(1, 4, jnp.float32, skip_rescale=True), ())]:
+    out, _ = block.init_with_output(jax.random.key(0), x, *args)
+    np.testing.assert_allclose(out, x / np.sqrt(2.0), rtol=1e-6)
+
+
+def test_fourier_embedding_is_fixed_and_has_2n_features():
+  t = jnp.linspace(0.0, 1.0, 5)
+  emb = layers.fourier_embedding(t, 16, scale=16.0)
+  assert emb.shape == (5, 32)
+  np.testing.assert_allclose(emb[:, :16] ** 2 + emb[:, 16:] ** 2, 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(emb, layers.fourier_embedding(t, 16, scale=16.0))
+  params, out = shapes(tiny(embedding="fourier"))
+  assert params["Dense_0"]["kernel"].shape == (16, 32)  # 2 ch features in.
+  assert out.shape == (2, 8, 8, 3)
+
+
+def test_input_fourier_features_append_sin_cos_channels():
+  x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3), minval=-1, maxval=1)
+  h = layers.with_input_fourier_features(x, (6, 7))
+  assert h.shape == (2, 4, 4, 15)
+  np.testing.assert_array_equal(h[..., :3], x)
+  np.testing.assert_allclose(h[..., 3], jnp.sin(2 ** 6 * 2 * np.pi * x[..., 0]), atol=1e-4)
+  params, _ = shapes(tiny(input_fourier=(6, 7)))
+  assert params["conv_in"]["kernel"].shape == (3, 3, 15, 8)
+
+
+@pytest.mark.parametrize("progressive_input", ["input_skip", "residual"])
+def test_progressive_paths_keep_the_output_shape(progressive_input):
+  cfg = tiny(ch_mult=(1, 2, 2), resblock_updown=True, resample_filter=(1, 3, 3, 1),
+             progressive_input=progressive_input, progressive="output_skip")
+  params, out = shapes(cfg, size=16)
+  assert out.shape == (2, 16, 16, 3)
+  assert {"ProgressiveInput_0", "ProgressiveInput_1", "OutputSkip_2"} <= set(params)
+  assert "conv_out" not in params  # The output pyramid is the output.
+
+
+def test_up_attn_once_puts_one_attention_per_up_level():
+  count = lambda cfg: sum(k.startswith("AttnBlock") for k in shapes(cfg)[0])
+  # Attention at 4x4: one per down block, the middle one, then per up block or per level.
+  assert count(tiny(num_res_blocks=2)) == 2 + 1 + 3
+  assert count(tiny(num_res_blocks=2, up_attn_once=True)) == 2 + 1 + 1
+
+
+def test_single_level_unet_never_downsamples():
+  cfg = tiny(ch_mult=(1,), num_res_blocks=3, attn_resolutions=())
+  _, (out, state) = shapes(cfg, capture_intermediates=True, mutable=["intermediates"])
+  blocks = {k: v["__call__"][0] for k, v in state["intermediates"].items() if "Block" in k}
+  assert len(blocks) == 3 + 3 + 4  # Down, middle (two blocks and attention), up.
+  assert all(v.shape[1:3] == (8, 8) for v in blocks.values())
+  assert out.shape == (2, 8, 8, 3)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("embedding", "sinusoid", "model.embedding='sinusoid' is unknown"),
+    ("progressive", "residual", "model.progressive='residual' is unknown"),
+    ("progressive_input", "skip", "model.progressive_input='skip' is unknown"),
+    ("resample_filter", (1,), "model.resample_filter=\\(1,\\) needs at least two taps"),
+    ("resample_filter", (1, 3, 3, 1), "resample_filter only acts with resblock_updown"),
+    ("fourier_scale", 0.0, "model.fourier_scale must be > 0"),
+])
+def test_bad_architecture_options_are_config_errors(field, value, match):
+  config = load_config(os.path.join(ROOT, "configs", "digits.py"))
+  config.model[field] = value
+  with pytest.raises(validate.ConfigError, match=match):
+    validate.check_config(config, num_devices=1)
+
+
+def test_checkpoint_meta_from_before_the_new_fields_still_matches(monkeypatch, tmp_path):
+  config = load_config(os.path.join(ROOT, "configs", "digits.py"))
+  old = validate.model_meta(config)
+  for k in ("embedding", "resblock_updown", "progressive", "input_fourier"):
+    del old["model"][k]
+  monkeypatch.setattr(validate.checkpoint, "latest_step", lambda workdir: 7)
+  monkeypatch.setattr(validate.checkpoint, "read_meta", lambda workdir, step: old)
+  assert validate.check_workdir(config, str(tmp_path), "train") == 7
+  config.model.resblock_updown = True  # A real difference is still refused.
+  with pytest.raises(validate.ConfigError, match="resblock_updown differ"):
+    validate.check_workdir(config, str(tmp_path), "train")

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import schedules
+from diffusion_jax import diffusion, schedules
 
 
 def test_linear_reproduces_ddpm_alpha_bars():
@@ -19,7 +19,7 @@ def test_linear_reproduces_ddpm_alpha_bars():
   assert float(sch.sigma(0.001)) ** 2 == pytest.approx(1e-4, rel=1e-3)
 
 
-@pytest.mark.parametrize("name", ["linear", "cosine", "vp"])
+@pytest.mark.parametrize("name", ["linear", "cosine", "vp", "linear_logsnr"])
 def test_variance_preserving(name):
   sch = schedules.get_schedule(name)
   t = jnp.linspace(0.0, 1.0, 2001)
@@ -81,6 +81,18 @@ def test_cosine_endpoints_and_closed_form():
   t = np.array([0.1, 0.5, 0.9])
   f = lambda u: np.cos(0.5 * np.pi * (u + 0.008) / 1.008) ** 2
   np.testing.assert_allclose(np.asarray(sch.alpha(jnp.asarray(t))) ** 2, f(t) / f(0), rtol=1e-5)
+
+
+def test_linear_logsnr_is_vdms_fixed_schedule():
+  """Kingma et al. (2021): gamma(t) = -log-SNR(t) linear from -13.3 to 5."""
+  sch = schedules.linear_logsnr(13.3, -5.0)
+  t = np.array([0.0, 0.25, 0.5, 1.0])
+  np.testing.assert_allclose(sch.log_snr(jnp.asarray(t)), 13.3 - 18.3 * t, rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(sch.sigma(jnp.asarray(t))) ** 2,
+                             1 / (1 + np.exp(13.3 - 18.3 * t)), rtol=1e-5)
+  # VDM's continuous ELBO weights the eps error by gamma'(t) / 2: here a constant 9.15.
+  w_eps = diffusion.weight("elbo", sch, jnp.asarray(t)) / jnp.exp(sch.log_snr(jnp.asarray(t)))
+  np.testing.assert_allclose(w_eps, 18.3 / 2, rtol=1e-4)
 
 
 def test_schedule_is_jittable_and_broadcasts():

@@ -1,13 +1,17 @@
-"""Conditional U-Net (Ho et al. 2020 layout, with ADM's options).
+"""Conditional U-Net (Ho et al. 2020 layout, with ADM's, score_sde's, EDM's and VDM's options).
 
 The typed boundary is `UNetConfig` (what the network is) and `Cond` (what it is
 conditioned on). With ch=128, ch_mult=(1, 2, 2, 2), two res blocks per level,
 attention at 16x16 and no conditioning, it is exactly the 35.7M-parameter DDPM
-CIFAR-10 network.
+CIFAR-10 network. The other options build score_sde's DDPM++/NCSN++ (BigGAN-style
+resampling blocks, 1/sqrt(2) skip rescaling, Fourier time features, progressive
+input/output paths), EDM's DDPM++ and VDM's no-downsampling U-Net; each option's
+default keeps the DDPM network, parameter for parameter.
 """
 
 import dataclasses
 import math
+import typing
 from typing import Any, Optional
 
 import flax
@@ -15,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.models import layers
 from diffusion_jax.models.text import Context, CrossAttnBlock, TextEncoder
 
 Array = jax.Array
@@ -53,6 +58,27 @@ class UNetConfig:
   # Feature-map sizes with cross-attention to the text.
   cross_attn_resolutions: tuple[int, ...] = ()
   dtype: str = "float32"
+  # Time embedding (EMBEDDINGS): "positional" (DDPM, of 1000 t) or "fourier"
+  # (NCSN++: random Fourier features of t, frequencies ~ N(0, fourier_scale^2)).
+  embedding: str = "positional"
+  fourier_scale: float = 16.0
+  # BigGAN-style resampling: a residual block that down/upsamples (score_sde's
+  # resblock_type="biggan", EDM) instead of a strided / nearest-neighbour conv.
+  resblock_updown: bool = False
+  # FIR taps of the resampling blocks and progressive paths: (1, 1) box (DDPM++, EDM),
+  # (1, 3, 3, 1) NCSN++'s FIR filter.
+  resample_filter: tuple[int, ...] = (1, 1)
+  # Residual and attention outputs scaled by 1/sqrt(2) (score_sde, EDM).
+  skip_rescale: bool = False
+  # Up path: one attention per level after its last block (score_sde, EDM), not
+  # one after every block (Ho et al.).
+  up_attn_once: bool = False
+  # Progressive input (PROGRESSIVE_INPUTS): "none", "input_skip" or "residual".
+  progressive_input: str = "none"
+  # Progressive output: "none" or "output_skip" (each up level adds its own prediction).
+  progressive: str = "none"
+  # VDM's Fourier features of the input: exponents k of sin/cos(2^k 2 pi x); () = none.
+  input_fourier: tuple[int, ...] = ()
 
   @property
   def text(self) -> str:
@@ -63,10 +89,9 @@ class UNetConfig:
   def from_config(cls, cfg: Any) -> "UNetConfig":
     """From an ml_collections model section (unknown keys are an error)."""
     d = dict(cfg)
-    for k in ("ch_mult", "attn_resolutions", "cond_image_resolutions",
-              "cross_attn_resolutions"):
-      if k in d:
-        d[k] = tuple(int(v) for v in d[k])
+    for f in dataclasses.fields(cls):
+      if typing.get_origin(f.type) is tuple and f.name in d:
+        d[f.name] = tuple(int(v) for v in d[f.name])
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
@@ -102,16 +127,36 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
   return emb
 
 
+EMBEDDINGS = {
+    "positional": lambda t, cfg: timestep_embedding(t, cfg.ch),
+    # 2 ch features, as NCSN++ (embedding_size=nf) and EDM (channel_mult_noise=2).
+    "fourier": lambda t, cfg: layers.fourier_embedding(t, cfg.ch, cfg.fourier_scale),
+}
+
+
+def _rescaled_sum(x: Array, h: Array, rescale: bool) -> Array:
+  # score_sde / EDM keep the variance of a residual sum constant.
+  return (x + h) / math.sqrt(2.0) if rescale else x + h
+
+
 class ResBlock(nn.Module):
+  """Pre-activation residual block; with `resample`, a BigGAN-style up/down block that
+  resamples both paths (the skip then always gets a 1x1 conv, as in score_sde / EDM)."""
   out_ch: int
   dropout: float
   num_groups: int
   scale_shift_norm: bool
   dtype: Any
+  resample: str = "none"  # "none", "up" or "down".
+  resample_filter: tuple[int, ...] = (1, 1)
+  skip_rescale: bool = False
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
     h = nn.swish(nn.GroupNorm(self.num_groups, dtype=self.dtype)(x))
+    if self.resample != "none":
+      resample = lambda v: layers.RESAMPLE[self.resample](v, self.resample_filter)
+      h, x = resample(h), resample(x)
     h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h)
     emb = nn.Dense((2 if self.scale_shift_norm else 1) * self.out_ch,
                    dtype=self.dtype)(nn.swish(emb))[:, None, None, :]
@@ -123,15 +168,16 @@ class ResBlock(nn.Module):
     h = nn.Dropout(self.dropout)(nn.swish(h), deterministic=not train)
     # Zero init: each block starts as the identity (Ho et al., ADM).
     h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
-    if x.shape[-1] != self.out_ch:
+    if x.shape[-1] != self.out_ch or self.resample != "none":
       x = nn.Dense(self.out_ch, dtype=self.dtype, name="skip")(x)
-    return x + h
+    return _rescaled_sum(x, h, self.skip_rescale)
 
 
 class AttnBlock(nn.Module):
   num_heads: int
   num_groups: int
   dtype: Any
+  skip_rescale: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -140,7 +186,68 @@ class AttnBlock(nn.Module):
     h = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, qkv_features=c, out_features=c, dtype=self.dtype,
         out_kernel_init=nn.initializers.zeros)(h, h)
-    return x + h.reshape(b, hgt, wid, c)
+    return _rescaled_sum(x, h.reshape(b, hgt, wid, c), self.skip_rescale)
+
+
+def _input_skip(cfg: UNetConfig, pyramid: Array, h: Array) -> tuple[Array, Array]:
+  # The input image, resampled to this level, is added to h through a 1x1 conv.
+  pyramid = layers.downsample_2d(pyramid, cfg.resample_filter)
+  combine = nn.Dense(h.shape[-1], dtype=jnp.dtype(cfg.dtype), name="combine")
+  return pyramid, h + combine(pyramid)
+
+
+def _input_residual(cfg: UNetConfig, pyramid: Array, h: Array) -> tuple[Array, Array]:
+  # A strided-conv path from the input, merged with h as a residual; h follows it.
+  pyramid = layers.pre_conv_downsample(pyramid, cfg.resample_filter)
+  pyramid = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding="VALID",
+                    dtype=jnp.dtype(cfg.dtype), name="conv_down")(pyramid)
+  pyramid = _rescaled_sum(pyramid, h, cfg.skip_rescale)
+  return pyramid, pyramid
+
+
+PROGRESSIVE_INPUTS = {"input_skip": _input_skip, "residual": _input_residual}
+PROGRESSIVES = ("none", "output_skip")
+
+
+class ProgressiveInput(nn.Module):
+  """score_sde's progressive input path at one downsampling: (pyramid, h) -> (pyramid, h)."""
+  config: UNetConfig
+
+  @nn.compact
+  def __call__(self, pyramid: Array, h: Array) -> tuple[Array, Array]:
+    return PROGRESSIVE_INPUTS[self.config.progressive_input](self.config, pyramid, h)
+
+
+class OutputSkip(nn.Module):
+  """score_sde's progressive "output_skip": each up level's prediction is added to the
+  upsampled sum of the coarser levels' predictions; the finest sum is the output."""
+  config: UNetConfig
+
+  @nn.compact
+  def __call__(self, pyramid: Array | None, h: Array) -> Array:
+    cfg = self.config
+    out = nn.swish(nn.GroupNorm(cfg.num_groups, dtype=jnp.dtype(cfg.dtype))(h))
+    out = nn.Conv(cfg.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
+                  dtype=jnp.dtype(cfg.dtype))(out)
+    if pyramid is None:
+      return out
+    return layers.upsample_2d(pyramid, cfg.resample_filter) + out
+
+
+def _downsample(cfg: UNetConfig, block, h: Array, emb: Array, train: bool) -> Array:
+  """Halves h: a BigGAN-style resampling block, or DDPM's stride-2 conv."""
+  if cfg.resblock_updown:
+    return block(h.shape[-1], "down")(h, emb, train)
+  return nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=jnp.dtype(cfg.dtype))(h)
+
+
+def _upsample(cfg: UNetConfig, block, h: Array, emb: Array, train: bool) -> Array:
+  """Doubles h: a BigGAN-style resampling block, or DDPM's nearest-neighbour + conv."""
+  if cfg.resblock_updown:
+    return block(h.shape[-1], "up")(h, emb, train)
+  b, hh, ww, c = h.shape
+  h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
+  return nn.Conv(c, (3, 3), dtype=jnp.dtype(cfg.dtype))(h)
 
 
 class UNet(nn.Module):
@@ -154,7 +261,7 @@ class UNet(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     cond = cond if cond is not None else Cond()
     emb_dim = 4 * cfg.ch
-    emb = timestep_embedding(t, cfg.ch)
+    emb = EMBEDDINGS[cfg.embedding](t, cfg)
     emb = nn.Dense(emb_dim, dtype=dtype)(emb)
     emb = nn.Dense(emb_dim, dtype=dtype)(nn.swish(emb))
     if cfg.num_classes:
@@ -162,6 +269,7 @@ class UNet(nn.Module):
         raise ValueError("this U-Net is class-conditional: pass Cond(labels=...); "
                          f"label {cfg.num_classes} means unconditional")
       emb = emb + nn.Embed(cfg.num_classes + 1, emb_dim, name="label_emb")(cond.labels)
+    x = layers.with_input_fourier_features(x, cfg.input_fourier)
     if cfg.cond_image_channels:
       if cond.image is None or cond.image.shape[-1] != cfg.cond_image_channels:
         raise ValueError(f"this U-Net takes a {cfg.cond_image_channels}-channel "
@@ -172,16 +280,21 @@ class UNet(nn.Module):
       context, mask, pooled = self._context(cond, emb_dim, dtype)
       emb = emb + pooled
 
-    block = lambda ch: ResBlock(ch, cfg.dropout, cfg.num_groups, cfg.scale_shift_norm, dtype)
+    block = lambda ch, resample="none": ResBlock(
+        ch, cfg.dropout, cfg.num_groups, cfg.scale_shift_norm, dtype, resample,
+        cfg.resample_filter, cfg.skip_rescale)
+    self_attn = lambda: AttnBlock(cfg.num_heads, cfg.num_groups, dtype, cfg.skip_rescale)
 
-    def attn(h):
-      if h.shape[1] in cfg.attn_resolutions:
-        h = AttnBlock(cfg.num_heads, cfg.num_groups, dtype)(h)
+    def attn(h, self_attention=True):
+      """Self-attention and cross-attention to the text, where configured."""
+      if self_attention and h.shape[1] in cfg.attn_resolutions:
+        h = self_attn()(h)
       if context is not None and h.shape[1] in cfg.cross_attn_resolutions:
         h = CrossAttnBlock(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
       return h
 
     h = nn.Conv(cfg.ch, (3, 3), dtype=dtype, name="conv_in")(x)
+    pyramid = x  # Progressive input path.
     skips = [h]
     for level, mult in enumerate(cfg.ch_mult):
       if level and h.shape[1] in cfg.cond_image_resolutions:
@@ -191,23 +304,31 @@ class UNet(nn.Module):
         h = attn(block(cfg.ch * mult)(h, emb, train))
         skips.append(h)
       if level != len(cfg.ch_mult) - 1:
-        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=dtype)(h)
+        h = _downsample(cfg, block, h, emb, train)
+        if cfg.progressive_input != "none":
+          pyramid, h = ProgressiveInput(cfg)(pyramid, h)
         skips.append(h)
 
     h = block(h.shape[-1])(h, emb, train)
-    h = AttnBlock(cfg.num_heads, cfg.num_groups, dtype)(h)
+    h = self_attn()(h)
     if context is not None and h.shape[1] in cfg.cross_attn_resolutions:
       h = CrossAttnBlock(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
     h = block(h.shape[-1])(h, emb, train)
 
+    out = None  # Progressive output path.
     for level, mult in reversed(list(enumerate(cfg.ch_mult))):
       for _ in range(cfg.num_res_blocks + 1):
-        h = attn(block(cfg.ch * mult)(jnp.concatenate([h, skips.pop()], axis=-1), emb, train))
+        h = block(cfg.ch * mult)(jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
+        h = attn(h, self_attention=not cfg.up_attn_once)
+      if h.shape[1] in cfg.attn_resolutions and cfg.up_attn_once:
+        h = self_attn()(h)
+      if cfg.progressive == "output_skip":
+        out = OutputSkip(cfg)(out, h)
       if level != 0:
-        b, hh, ww, c = h.shape
-        h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
-        h = nn.Conv(c, (3, 3), dtype=dtype)(h)
+        h = _upsample(cfg, block, h, emb, train)
     assert not skips
+    if out is not None:
+      return out.astype(jnp.float32)
 
     h = nn.swish(nn.GroupNorm(cfg.num_groups, dtype=dtype)(h))
     h = nn.Conv(cfg.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
