@@ -9,7 +9,7 @@ then the cascade, one command:
 Smoke-test variant: :runlocal
 """
 
-from configs import photo_common
+from configs import _photo_common as photo_common
 
 
 def get_config(arg: str = ""):

@@ -12,7 +12,7 @@ Measured (experiments/cond_eval.py inpaint): see experiments/README.md.
 Smoke-test variant: :runlocal
 """
 
-from configs import photo_common
+from configs import _photo_common as photo_common
 
 
 def get_config(arg: str = ""):

@@ -15,7 +15,7 @@ Variants: :x2 (16x16 -> 32x32), :runlocal (tiny dataset, a few steps).
 Measured (experiments/cond_eval.py sr): see experiments/README.md.
 """
 
-from configs import photo_common
+from configs import _photo_common as photo_common
 
 
 def get_config(arg: str = ""):

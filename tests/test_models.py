@@ -16,7 +16,7 @@ from diffusion_jax.models.unet import Cond, UNet, UNetConfig, count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
-CONFIGS = [c for c in CONFIGS if not c.endswith("__init__.py")]
+CONFIGS = [c for c in CONFIGS if not os.path.basename(c).startswith("_")]  # _x.py: shared parts.
 
 
 def load_config(path, arg=None):
