@@ -179,12 +179,29 @@ def load_state(config, workdir: str, mesh) -> train_state.TrainState:
 
 
 def load_config(workdir: str):
-  """The config a workdir's run was trained with (its config.json)."""
+  """The config a workdir's run was trained with (its config.json), over the current
+  defaults (configs/default.py, when run from the repository) so that fields added
+  since the run was made take their default values."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise validate.ConfigError(f"{path!r} does not exist: not a diffusion_jax workdir")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  try:
+    from configs import default  # The repository's defaults, if importable.
+  except ImportError:
+    return ml_collections.ConfigDict(saved)
+  config = default.get_config()
+
+  def merge(node, values):
+    for k, v in values.items():
+      if isinstance(v, dict) and k in node and isinstance(node[k], ml_collections.ConfigDict):
+        merge(node[k], v)
+      else:
+        node[k] = tuple(v) if isinstance(v, list) else v
+  with config.ignore_type():
+    merge(config, saved)
+  return config
 
 
 def sample_from_workdir(config, workdir: str, given: sample_inputs.Given = sample_inputs.Given(),

@@ -1,0 +1,246 @@
+"""Measures the conditioning applications on their test splits.
+
+  python experiments/cond_eval.py sr --workdir=runs/photo_sr
+  python experiments/cond_eval.py gray --workdir=runs/photo_colorize
+  python experiments/cond_eval.py inpaint --workdir=runs/photo_inpaint
+  python experiments/cond_eval.py text --workdir=runs/shapes_text
+
+Each loads the workdir's config and latest checkpoint, takes the first --num examples
+of the test split (photo_patches test crops come from photos held out of training;
+shapes_captions test captions use prompts held out of training), samples, scores and
+writes <out>/<tag>.json and a PNG panel. Pixel errors are on the 0-255 scale.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from diffusion_jax import conditions, generate, parallel, sample_inputs, train, validate  # noqa: E402
+from diffusion_jax.data import pipeline, shapes  # noqa: E402
+from experiments import shapes_detector  # noqa: E402
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+  """Per-image PSNR (dB) over all pixels, or where mask (N, H, W, 1) is 1."""
+  err = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+  if mask is None:
+    mse = err.mean(axis=(1, 2, 3))
+  else:
+    m = np.broadcast_to(mask, err.shape)
+    mse = (err * m).sum(axis=(1, 2, 3)) / np.maximum(m.sum(axis=(1, 2, 3)), 1)
+  return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  return np.array([structural_similarity(x, y, channel_axis=-1, data_range=255)
+                   for x, y in zip(a, b)])
+
+
+def detail(x: np.ndarray) -> np.ndarray:
+  """Per-image high-frequency energy: mean squared 4-neighbour Laplacian."""
+  x = x.astype(np.float64)
+  lap = (4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2]
+         - x[:, 1:-1, 2:])
+  return (lap**2).mean(axis=(1, 2, 3))
+
+
+def colourfulness(x: np.ndarray) -> np.ndarray:
+  """Hasler and Suesstrunk's colourfulness per image (0 for grayscale)."""
+  x = x.astype(np.float64)
+  rg = x[..., 0] - x[..., 1]
+  yb = 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
+  std = np.sqrt(rg.std(axis=(1, 2)) ** 2 + yb.std(axis=(1, 2)) ** 2)
+  mean = np.sqrt(rg.mean(axis=(1, 2)) ** 2 + yb.mean(axis=(1, 2)) ** 2)
+  return std + 0.3 * mean
+
+
+def u8(x) -> np.ndarray:
+  return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_float(x: np.ndarray) -> np.ndarray:
+  return x.astype(np.float32) / 127.5 - 1.0
+
+
+def stats(v) -> dict:
+  v = np.asarray(v, np.float64)
+  return {"mean": float(v.mean()), "sem": float(v.std(ddof=1) / np.sqrt(len(v)))}
+
+
+def setup(workdir: str):
+  config = train.load_config(workdir)
+  mesh = parallel.make_mesh()
+  step = validate.check_workdir(config, workdir, "sample")
+  state = train.load_state(config, workdir, mesh)
+  return config, mesh, step, state.ema_params
+
+
+def sample_repeated(config, mesh, params, inputs: dict, record: dict, k: int) -> np.ndarray:
+  """k samples per input row: (k, N, H, W, C) uint8."""
+  n = len(next(iter(inputs.values())))
+  rep = {key: np.concatenate([v] * k) for key, v in inputs.items()}
+  images = train.sample_images(config, params, mesh, rep, record)
+  return images.reshape((k, n) + images.shape[1:])
+
+
+def test_images(config, num: int) -> np.ndarray:
+  return pipeline.load_split_numpy(config.data, "test", num)["image"]
+
+
+def eval_sr(config, mesh, params, args) -> tuple[dict, list]:
+  ref = test_images(config, args.num)
+  f = config.cond.sr_factor
+  low = np.asarray(conditions.area_downsample(to_float(ref), f))
+  bicubic = u8(conditions.upsample(low, config.data.image_size))
+  samples = sample_repeated(config, mesh, params, {"lowres": low}, {}, args.samples)
+  mean = np.round(samples.astype(np.float64).mean(0)).astype(np.uint8)
+  low_u8 = u8(low)
+
+  def consistency(x):  # Downsample the output: how far from the input (0-255 levels)?
+    d = u8(conditions.area_downsample(to_float(x), f)).astype(np.float64) - low_u8
+    return np.abs(d).mean(axis=(1, 2, 3)), np.abs(d).max(axis=(1, 2, 3))
+
+  def row(x):
+    c_mean, c_max = consistency(x)
+    return {"psnr": stats(psnr(x, ref)), "ssim": stats(ssim(x, ref)),
+            "consistency_mae": stats(c_mean), "consistency_max": float(c_max.max()),
+            "detail_ratio": stats(detail(x) / detail(ref))}
+
+  res = {"factor": f, "lowres": low.shape[1],
+         "bicubic": row(bicubic),
+         "single_sample": row(samples[0]),
+         "mean_of_samples": row(mean),
+         "sample_diversity_std": float(samples.astype(np.float64).std(0).mean())}
+  panel = [low_u8, bicubic, samples[0], samples[1 % args.samples], mean, ref]
+  return res, panel
+
+
+def eval_gray(config, mesh, params, args) -> tuple[dict, list]:
+  ref = test_images(config, args.num)
+  gray = np.asarray(conditions.luminance(to_float(ref)))
+  samples = sample_repeated(config, mesh, params, {"gray": gray}, {}, args.samples)
+  gray_u8 = u8(gray)
+
+  def luma_error(x):  # The known part: the output's luminance against the input.
+    return np.abs(u8(conditions.luminance(to_float(x))).astype(np.float64) - gray_u8).mean(
+        axis=(1, 2, 3))
+
+  def row(x):
+    return {"psnr": stats(psnr(x, ref)), "luminance_mae": stats(luma_error(x)),
+            "colourfulness": stats(colourfulness(x))}
+
+  baseline = gray_u8.repeat(3, -1)
+  res = {"grayscale_baseline": row(baseline), "single_sample": row(samples[0]),
+         "reference_colourfulness": stats(colourfulness(ref)),
+         "sample_diversity_std": float(samples.astype(np.float64).std(0).mean())}
+  return res, [baseline, samples[0], samples[1 % args.samples], ref]
+
+
+def eval_inpaint(config, mesh, params, args) -> tuple[dict, list]:
+  ref = test_images(config, args.num)
+  x = to_float(ref)
+  key = jax.random.key(config.sample.seed)
+  masks = np.asarray(conditions.box_masks(key, len(x), x.shape[1], config.cond.hole_min,
+                                          config.cond.hole_max))
+  masked = x * masks
+  samples = sample_repeated(config, mesh, params, {"masked": masked, "mask": masks}, {},
+                            args.samples)
+  hole = 1.0 - masks
+  # Baseline: the hole filled with the mean colour of each image's known pixels.
+  fill = (ref * masks).sum((1, 2), keepdims=True) / masks.sum((1, 2), keepdims=True)
+  baseline = np.round(ref * masks + fill * hole).astype(np.uint8)
+
+  def known_mae(y):
+    m = np.broadcast_to(masks, y.shape)
+    return (np.abs(y.astype(np.float64) - ref) * m).sum((1, 2, 3)) / m.sum((1, 2, 3))
+
+  def hole_detail(y):  # Texture in the hole against the truth's (1 = as detailed).
+    return detail(y * hole + ref * masks) / detail(ref)
+
+  def row(y):
+    return {"known_mae": stats(known_mae(y)), "hole_psnr": stats(psnr(y, ref, hole)),
+            "detail_ratio": stats(hole_detail(y))}
+
+  res = {"hole_fraction": float(hole.mean()), "mean_fill_baseline": row(baseline),
+         "single_sample": row(samples[0]),
+         "sample_diversity_std_in_hole": float(
+             (samples.astype(np.float64).std(0) * hole).sum() / (hole.sum() * 3))}
+  return res, [u8(masked), baseline, samples[0], samples[1 % args.samples], ref]
+
+
+def eval_text(config, mesh, params, args) -> tuple[dict, list]:
+  step = validate.check_workdir(config, args.workdir, "sample")
+  tok = validate.check_text(config, args.workdir, step)
+  if args.split == "held_out":  # Every held-out single-shape phrase, --samples times each.
+    prompts = [shapes.phrase_text(*p) for p in sorted(shapes.HELD_OUT)] * args.samples
+    split = {"image": np.stack([shapes.render([p]) for p in sorted(shapes.HELD_OUT)]
+                               * args.samples)}
+  else:
+    split = pipeline.load_split_numpy(config.data, args.split, args.num, captions=True)
+    prompts = list(split["caption"])
+  inputs, record = sample_inputs.gather(config, sample_inputs.Given(prompts=prompts), tok)
+  images = train.sample_images(config, params, mesh, inputs, record)
+  res = shapes_detector.score(images, prompts)
+  res["split"] = args.split
+  res["text_guidance_scale"] = config.sample.text_guidance_scale
+  return res, [images, split["image"]]
+
+
+EVALS = {"sr": eval_sr, "gray": eval_gray, "inpaint": eval_inpaint, "text": eval_text}
+
+
+def save_panel(columns: list, path: str, rows: int = 12, scale: int = 3) -> None:
+  """Columns side by side, one example per row."""
+  rows = min(rows, len(columns[0]))
+  cols = [generate._as_rgb(c[:rows], c.shape[1] if c.shape[1] >= 32 else 32) for c in columns]
+  h, pad = cols[0].shape[1] * scale, 2
+  canvas = np.zeros((rows * (h + pad) + pad, len(cols) * (h + pad) + pad, 3), np.uint8)
+  for r in range(rows):
+    for j, c in enumerate(cols):
+      y, x = pad + r * (h + pad), pad + j * (h + pad)
+      canvas[y:y + h, x:x + h] = c[r].repeat(scale, 0).repeat(scale, 1)
+  Image.fromarray(canvas).save(path)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("task", choices=sorted(EVALS))
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--num", type=int, default=200, help="test examples")
+  p.add_argument("--samples", type=int, default=2, help="samples per input (image tasks)")
+  p.add_argument("--split", default="test",
+                 help="text: captions of this split, or held_out (the held-out phrases)")
+  p.add_argument("--guidance", type=float, default=None, help="override the guidance scale")
+  p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
+  p.add_argument("--tag", default=None)
+  args = p.parse_args()
+  config, mesh, step, params = setup(args.workdir)
+  if args.guidance is not None:
+    key = {"text": "text_guidance_scale"}.get(args.task, "image_guidance_scale")
+    config.sample[key] = args.guidance
+  validate.check_config(config, mesh.devices.size, "sample")
+  config.sample.batch_size = min(config.sample.batch_size, 256)
+  t0 = time.perf_counter()
+  res, panel = EVALS[args.task](config, mesh, params, args)
+  res.update(workdir=args.workdir, step=step, num=args.num, sampler=config.sample.sampler,
+             sampler_steps=config.sample.num_steps, seconds=round(time.perf_counter() - t0, 1))
+  tag = args.tag or f"cond_{args.task}"
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, tag + ".json"), "w") as f:
+    json.dump(res, f, indent=2)
+  save_panel(panel, os.path.join(args.out, tag + ".png"))
+  print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+  main()
