@@ -219,6 +219,7 @@ def sample_from_workdir(config, workdir: str, given: sample_inputs.Given = sampl
     base = _check_cascade(config, cascade_from, mesh)
   if given.labels is not None:
     nc = config.data.num_classes if base is None else base[0].data.num_classes
+    validate._require(nc > 0, "--labels given, but this model is not class-conditional")
     bad = given.labels[(given.labels < 0) | (given.labels >= max(nc, 1))]
     if len(bad):
       raise validate.ConfigError(f"labels {sorted(set(bad.tolist()))} are outside "

@@ -198,7 +198,7 @@ def test_precomputed_embeddings_train_end_to_end(tmp_path):
 @pytest.mark.parametrize("over,message", [
     ({"cond.image": "blur"}, "cond.image='blur' is unknown"),
     ({"cond.image": "sr", "model.cond_image_channels": 3}, "gives 1 channels"),
-    ({"cond.image": "sr", "model.cond_image_channels": 3, "cond.sr_factor": 3},
+    ({"cond.image": "sr", "model.cond_image_channels": 1, "cond.sr_factor": 3},
      "cond.sr_factor=3 must be >= 2 and divide"),
     ({"model.text_vocab_size": 9, "model.text_emb_dim": 4, "model.cross_attn_resolutions": (4,)},
      "exclusive"),
