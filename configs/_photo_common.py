@@ -35,8 +35,9 @@ def base(arg: str, name: str, num_steps: int = 3000):
   c.optim.lr = 1e-3
 
   s = c.sample
-  s.sampler = "dpmpp_2m"
-  s.num_steps = 25
+  s.sampler = "ddpm"  # Ancestral, as SR3 and Palette: less residual noise than
+  s.num_steps = 100  # dpmpp_2m/ddim/heun gave this model (experiments/README.md).
+  s.project = True
   s.num_samples = 64
   s.batch_size = 64
   if arg == "runlocal":

@@ -143,6 +143,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Conditions (captions, image conditions) not given on the command line come from
   # the first num_samples examples of this split.
   s.cond_split = "test"
+  # Image conditions: move each sample to the nearest image that satisfies its
+  # condition exactly (sr: downsamples to the input; gray: has the input's luminance;
+  # inpaint: keeps the known pixels).
+  s.project = False
   s.clip_denoised = True  # Clip x0_hat to [-1, 1] at every step.
   s.num_samples = 100  # Samples per set; labels cycle evenly over the classes.
   s.batch_size = 100  # Samples per compiled call (divisible by the device count).

@@ -61,6 +61,9 @@ class ImageCondition(NamedTuple):
   model_image: Callable  # ({key: array}, image_size) -> (B, H, W, k).
   channels: Callable  # data channels -> k.
   shapes: Callable  # (image_size, channels, cond_cfg) -> {key: (h, w, c)}.
+  # (x, {key: array}, cond_cfg) -> x changed as little as possible to satisfy the
+  # condition exactly (sample.project): the nearest consistent image.
+  project: Callable
 
 
 IMAGE_CONDITIONS = {
@@ -69,20 +72,26 @@ IMAGE_CONDITIONS = {
         degrade=lambda x, key, c: {"lowres": area_downsample(x, c.sr_factor)},
         model_image=lambda b, size: upsample(b["lowres"], size),
         channels=lambda ch: ch,
-        shapes=lambda size, ch, c: {"lowres": (size // c.sr_factor, size // c.sr_factor, ch)}),
+        shapes=lambda size, ch, c: {"lowres": (size // c.sr_factor, size // c.sr_factor, ch)},
+        # Adds the block-constant correction, so area-downsampling gives the input.
+        project=lambda x, b, c: x + jnp.repeat(jnp.repeat(
+            b["lowres"] - area_downsample(x, c.sr_factor), c.sr_factor, 1), c.sr_factor, 2)),
     "gray": ImageCondition(
         keys=("gray",),
         degrade=lambda x, key, c: {"gray": luminance(x)},
         model_image=lambda b, size: b["gray"],
         channels=lambda ch: 1,
-        shapes=lambda size, ch, c: {"gray": (size, size, 1)}),
+        shapes=lambda size, ch, c: {"gray": (size, size, 1)},
+        # The luma weights sum to 1: adding d to R, G and B adds d to the luminance.
+        project=lambda x, b, c: x + (b["gray"] - luminance(x))),
     "inpaint": ImageCondition(
         keys=("masked", "mask"),
         degrade=lambda x, key, c: _inpaint_inputs(x, box_masks(
             key, x.shape[0], x.shape[1], c.hole_min, c.hole_max)),
         model_image=lambda b, size: jnp.concatenate([b["masked"] * b["mask"], b["mask"]], -1),
         channels=lambda ch: ch + 1,
-        shapes=lambda size, ch, c: {"masked": (size, size, ch), "mask": (size, size, 1)}),
+        shapes=lambda size, ch, c: {"masked": (size, size, ch), "mask": (size, size, 1)},
+        project=lambda x, b, c: b["mask"] * b["masked"] + (1 - b["mask"]) * x),
 }
 
 

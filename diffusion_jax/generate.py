@@ -40,12 +40,13 @@ def to_uint8(x) -> np.ndarray:
 
 
 def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.SamplerConfig,
-                   image_shape: tuple, mesh, cond_cfg=conditions.NO_IMAGE
-                   ) -> Callable[[object, jax.Array, dict], jax.Array]:
+                   image_shape: tuple, mesh, cond_cfg=conditions.NO_IMAGE,
+                   project: bool = False) -> Callable[[object, jax.Array, dict], jax.Array]:
   """A compiled fn(params, key, inputs) -> images in [-1, 1], sharded over `data`.
 
   `inputs` holds the user-facing conditions (see diffusion_jax.conditions), one row
-  per sample; an unconditional model takes {}."""
+  per sample; an unconditional model takes {}. With `project`, each sample is moved
+  to the nearest image that satisfies its image condition exactly."""
   mcfg = model.config
   null = lambda cond, which: conditions.null(cond, which, mcfg.num_classes)
 
@@ -55,7 +56,11 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
                               samplers.guidance_scales(cfg), null)
     cond = conditions.make_cond(mcfg, cond_cfg, inputs, image_shape[0])
     batch = jax.tree.leaves(inputs)[0].shape[0]
-    return samplers.sample(denoise, diff.schedule, cfg, (batch,) + image_shape, cond, key)
+    x = samplers.sample(denoise, diff.schedule, cfg, (batch,) + image_shape, cond, key)
+    if project and cond_cfg.image:
+      x = jnp.clip(conditions.IMAGE_CONDITIONS[cond_cfg.image].project(x, inputs, cond_cfg),
+                   -1.0, 1.0)
+    return x
 
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=data)

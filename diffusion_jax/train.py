@@ -162,7 +162,7 @@ def sample_images(config, params, mesh, inputs: dict, record: dict, model=None,
   scfg = config.sample
   fn = generate.make_sample_fn(model, diff, generate.sampler_config(scfg),
                                (config.data.image_size,) * 2 + (config.data.channels,), mesh,
-                               config.cond)
+                               config.cond, scfg.project)
   return generate.generate(fn, params, inputs, scfg.batch_size, scfg.seed, mesh,
                            num_samples=int(record.get("count", 0)) or None)
 

@@ -108,6 +108,9 @@ def test_inpainting_from_rgba_pngs(inpaint, data_dir, tmp_path):
   f, _ = _latest(inpaint)
   assert f["images"].shape == (2, 32, 32, 3) and f["mask"].shape == (2, 32, 32, 1)
   assert f["mask"][0, 10, 10, 0] == 0 and f["mask"][0, 0, 0, 0] == 1
+  # sample.project (on in the photo configs) keeps the known pixels exactly.
+  known = f["mask"][..., 0] == 1
+  np.testing.assert_array_equal(f["images"][known], f["masked"][known])
 
 
 @pytest.mark.parametrize("fixture,config,over,args,message", [

@@ -117,6 +117,21 @@ def test_image_condition_transforms():
     assert spec.model_image(made, 8).shape == (3, 8, 8, spec.channels(3)), name
 
 
+def test_projection_satisfies_each_image_condition_exactly():
+  rng = np.random.default_rng(1)
+  truth = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  x = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)  # Any sample.
+  c = default.get_config().cond
+  c.sr_factor = 4
+  for name, spec in conditions.IMAGE_CONDITIONS.items():
+    given = spec.degrade(truth, jax.random.key(2), c)
+    again = spec.degrade(spec.project(x, given, c), jax.random.key(2), c)
+    for k in given:
+      np.testing.assert_allclose(again[k], given[k], atol=1e-5, err_msg=name)
+    # And the sample was changed, but only as much as needed (not replaced by truth).
+    assert float(jnp.abs(spec.project(x, given, c) - truth).max()) > 0.1, name
+
+
 def test_tokenizer():
   vocab = build_vocab(["a large red circle", "A small blue square and a red circle"])
   assert vocab == sorted({"a", "large", "red", "circle", "small", "blue", "square", "and"})
@@ -214,3 +229,11 @@ def test_bad_conditioning_configs(over, message):
   c = apply_overrides(c, over)
   with pytest.raises(validate.ConfigError, match=message):
     validate.check_config(c, num_devices=1)
+
+
+def test_likelihood_eval_of_text_or_image_models_is_refused():
+  c = apply_overrides(default.get_config(), tiny_overrides())
+  c = apply_overrides(c, {"cond.image": "gray", "model.cond_image_channels": 1})
+  validate.check_config(c, num_devices=1, mode="sample")
+  with pytest.raises(validate.ConfigError, match="--mode=eval .* supports class-conditional"):
+    validate.check_config(c, num_devices=1, mode="eval")
