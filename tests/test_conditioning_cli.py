@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffusion_jax import sample_inputs, train, validate
+from tests.conftest import ROOT, apply_overrides, tiny_overrides
 from tests.test_cli import cli, snapshot
+from tests.test_models import load_config
 
 TINY = {"model.attn_resolutions": (), "training.num_steps": 2, "training.log_every": 1,
         "training.checkpoint_every": 2, "optim.warmup_steps": 1, "sample.num_samples": 4,
@@ -113,43 +116,67 @@ def test_inpainting_from_rgba_pngs(inpaint, data_dir, tmp_path):
   np.testing.assert_array_equal(f["images"][known], f["masked"][known])
 
 
-@pytest.mark.parametrize("fixture,config,over,args,message", [
-    ("mix", "configs/shapes_text.py:runlocal", MIX, ["--prompt=a purple dog"],
+BAD = [  # (workdir fixture, config, overrides, sampling flags, the error).
+    ("mix", "configs/shapes_text.py:runlocal", MIX, {"prompts": ["a purple dog"]},
      "outside the model's vocabulary: ['dog', 'purple']"),
-    ("mix", "configs/shapes_text.py:runlocal", MIX, ["--prompt=" + " ".join(["a"] * 17)],
+    ("mix", "configs/shapes_text.py:runlocal", MIX, {"prompts": [" ".join(["a"] * 17)]},
      "the model takes at most 16"),
-    ("mix", "configs/shapes_text.py:runlocal", MIX, ["--cond=BAD16"],
+    ("mix", "configs/shapes_text.py:runlocal", MIX, {"cond_path": "BAD16"},
      "'lowres' images have shape (16, 16, 3) (h, w, channels); this model takes (8, 8, 3)"),
-    ("gray", "configs/photo_colorize.py:runlocal", TINY, ["--cond=RGB32"],
+    ("gray", "configs/photo_colorize.py:runlocal", TINY, {"cond_path": "RGB32"},
      "'gray' images have shape (32, 32, 3) (h, w, channels); this model takes (32, 32, 1)"),
-    ("gray", "configs/photo_colorize.py:runlocal", TINY, ["--prompt=a red circle"],
+    ("gray", "configs/photo_colorize.py:runlocal", TINY, {"prompts": ["a red circle"]},
      "this model was not trained on text"),
-    ("gray", "configs/photo_colorize.py:runlocal", TINY, ["--labels=1,2"],
+    ("gray", "configs/photo_colorize.py:runlocal", TINY, {"labels": [1, 2]},
      "this model is not class-conditional"),
-    ("gray", "configs/photo_colorize.py:runlocal", TINY, ["--cascade_from=MIX"],
+    ("gray", "configs/photo_colorize.py:runlocal", TINY, {"cascade_from": "MIX"},
      "--cascade_from needs a super-resolution model"),
-    ("inpaint", "configs/photo_inpaint.py:runlocal", TINY, ["--cond=RGB32"],
+    ("inpaint", "configs/photo_inpaint.py:runlocal", TINY, {"cond_path": "RGB32"},
      "lacks ['masked', 'mask']"),
     ("base8", "configs/photo_base8.py:runlocal", {**TINY, "model.attn_resolutions": (4,)},
-     ["--cond=RGB32"], "this model takes no image condition"),
-])
-def test_bad_sampling_inputs_fail_cleanly_and_write_nothing(
-    request, tmp_path, data_dir, fixture, config, over, args, message):
+     {"cond_path": "RGB32"}, "this model takes no image condition"),
+]
+
+
+def _bad_files(tmp_path):
+  out = {}
+  for name, (key, shape) in {"BAD16": ("lowres", (2, 16, 16, 3)),
+                             "RGB32": ("gray", (2, 32, 32, 3))}.items():
+    out[name] = str(tmp_path / f"{name}.npz")
+    np.savez(out[name], **{key: np.zeros(shape, np.uint8)})
+  return out
+
+
+@pytest.mark.parametrize("fixture,config,over,given,message", BAD)
+def test_bad_sampling_inputs_are_refused_before_anything_is_written(
+    request, tmp_path, data_dir, fixture, config, over, given, message):
+  """Through the sampling entry point (in process: each CLI run costs a JAX start)."""
   wd = request.getfixturevalue(fixture)
-  files = {"BAD16": ("lowres", (2, 16, 16, 3)), "RGB32": ("gray", (2, 32, 32, 3))}
-  resolved = []
-  for a in args:
-    for name, (key, shape) in files.items():
-      if a.endswith("=" + name):
-        path = str(tmp_path / f"{name}.npz")
-        np.savez(path, **{key: np.zeros(shape, np.uint8)})
-        a = a.replace(name, path)
-    if a.endswith("=MIX"):
-      a = a.replace("MIX", request.getfixturevalue("mix"))
-    resolved.append(a)
+  path, _, arg = config.partition(":")
+  cfg = apply_overrides(load_config(os.path.join(ROOT, path), arg), {**tiny_overrides(), **over})
+  given = dict(given)
+  cascade = given.pop("cascade_from", None)
+  cascade = request.getfixturevalue("mix") if cascade == "MIX" else cascade
+  if "cond_path" in given:
+    given["cond_path"] = _bad_files(tmp_path)[given["cond_path"]]
+  if "labels" in given:
+    given["labels"] = np.asarray(given["labels"], np.int32)
   before = snapshot(wd)
-  r = _sample(wd, data_dir, config, over, *resolved)
+  with pytest.raises(validate.ConfigError) as e:
+    train.sample_from_workdir(cfg, wd, sample_inputs.Given(**given), cascade_from=cascade)
+  assert message in str(e.value)
+  assert snapshot(wd) == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompt=a purple dog"], "outside the model's vocabulary: ['dog', 'purple']"),
+    (["--cond=BAD16"], "'lowres' images have shape (16, 16, 3)"),
+])
+def test_bad_sampling_inputs_exit_2_with_one_error_line(mix, tmp_path, data_dir, args, message):
+  args = [a.replace("BAD16", _bad_files(tmp_path)["BAD16"]) for a in args]
+  before = snapshot(mix)
+  r = _sample(mix, data_dir, "configs/shapes_text.py:runlocal", MIX, *args)
   assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
   lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
   assert len(lines) == 1 and message in lines[0], r.stderr[-2000:]
-  assert snapshot(wd) == before
+  assert snapshot(mix) == before

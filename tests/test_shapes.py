@@ -81,6 +81,7 @@ def test_two_shapes_never_overlap():
 def test_tiny_builder_prepares_offline_and_loads(tmp_path):
   cfg = default.get_config().data
   cfg.name, cfg.data_dir, cfg.num_classes = "shapes_captions/tiny", str(tmp_path), 0
+  cfg.image_size = 32
   data = pipeline.load_split_numpy(cfg, "test")
   assert data["image"].shape == (128, 32, 32, 3) and data["image"].dtype == np.uint8
   again = [shapes.example("test", i)["image"] for i in range(128)]
