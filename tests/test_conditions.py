@@ -60,7 +60,7 @@ def test_missing_condition_is_a_clear_error():
 
 
 def _perturbed(model, x, t, cond, seed=0):
-  params = model.init(jax.random.key(seed), x, t, cond)["params"]
+  params = jax.jit(model.init)(jax.random.key(seed), x, t, cond)["params"]
   # Zero-initialised output layers would hide the conditions: perturb everything.
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
@@ -77,7 +77,7 @@ def test_text_changes_the_output_and_padding_does_not():
   emb = jnp.asarray(rng.normal(size=(2, 5, 6)), jnp.float32)
   mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], bool)
   params = _perturbed(model, x, t, Cond(text_emb=emb, text_mask=mask))
-  f = lambda e, m: model.apply({"params": params}, x, t, Cond(text_emb=e, text_mask=m))
+  f = jax.jit(lambda e, m: model.apply({"params": params}, x, t, Cond(text_emb=e, text_mask=m)))
   base = f(emb, mask)
   # Whatever sits in padded positions is ignored...
   junk = emb.at[:, 3:].set(100.0)
