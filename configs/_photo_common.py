@@ -41,13 +41,7 @@ def base(arg: str, name: str, num_steps: int = 3000):
   s.num_samples = 64
   s.batch_size = 64
   if arg == "runlocal":
-    d.name = "photo_patches/tiny"
-    t.num_steps = 4
-    t.log_every = 2
-    t.checkpoint_every = 2
-    c.optim.warmup_steps = 1
-    s.num_samples = s.batch_size = 8
-    s.num_steps = 3
+    default.runlocal(c, "photo_patches/tiny")
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of configs/{name}.py (known: runlocal)")
   return c

@@ -25,19 +25,11 @@ Needs cifar10 prepared in data_dir (`tfds build cifar10`). Command (TPU/GPU):
 Not yet run here; no result is claimed.
 """
 
-from configs import default
+from configs import _cifar10
 
 
 def get_config():
-  c = default.get_config()
-  d = c.data
-  d.name = "cifar10"
-  d.image_size = 32
-  d.channels = 3
-  d.num_classes = 0
-  d.random_flip = True
-  d.shuffle_buffer = 50_000
-  d.cache = True
+  c = _cifar10.base()
 
   m = c.model
   m.ch = 128

@@ -32,21 +32,13 @@ Needs cifar10 prepared in data_dir (`tfds build cifar10`). Command (GPUs/TPU):
 Not yet run here; no result is claimed.
 """
 
-from configs import default
+from configs import _cifar10
 
 BATCH = 512
 
 
 def get_config():
-  c = default.get_config()
-  d = c.data
-  d.name = "cifar10"
-  d.image_size = 32
-  d.channels = 3
-  d.num_classes = 10
-  d.random_flip = True
-  d.shuffle_buffer = 50_000
-  d.cache = True
+  c = _cifar10.base(num_classes=10)
 
   m = c.model
   m.ch = 128

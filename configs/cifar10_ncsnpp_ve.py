@@ -43,21 +43,13 @@ Not yet run here; no result is claimed.
 
 import math
 
-from configs import default
+from configs import _cifar10
 
 PIXELS = 32 * 32 * 3  # score_sde sums the loss over these; we average.
 
 
 def get_config():
-  c = default.get_config()
-  d = c.data
-  d.name = "cifar10"
-  d.image_size = 32
-  d.channels = 3
-  d.num_classes = 0
-  d.random_flip = True
-  d.shuffle_buffer = 50_000
-  d.cache = True
+  c = _cifar10.base()
 
   f = c.diffusion
   f.schedule = "ve"

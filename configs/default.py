@@ -165,3 +165,15 @@ def get_config() -> ml_collections.ConfigDict:
   e.lambda_max = float("inf")  # Cap on sigma/alpha at the prior.
   e.seed = 2  # Dequantisation and probe noise.
   return c
+
+
+def runlocal(c: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
+  """Shrinks a config to a smoke test (seconds): a few steps on a tiny dataset."""
+  c.data.name = dataset
+  c.training.num_steps = 4
+  c.training.log_every = 2
+  c.training.checkpoint_every = 2
+  c.optim.warmup_steps = 1
+  c.sample.num_samples = c.sample.batch_size = 8
+  c.sample.num_steps = 3
+  return c

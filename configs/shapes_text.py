@@ -60,13 +60,7 @@ def get_config(arg: str = ""):
   s.num_samples = 64
   s.batch_size = 64
   if arg == "runlocal":
-    d.name = "shapes_captions/tiny"
-    t.num_steps = 4
-    t.log_every = 2
-    t.checkpoint_every = 2
-    c.optim.warmup_steps = 1
-    s.num_samples = s.batch_size = 8
-    s.num_steps = 3
+    default.runlocal(c, "shapes_captions/tiny")
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of configs/shapes_text.py (known: runlocal)")
   return c

@@ -20,16 +20,14 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.models.layers import area_downsample
 from diffusion_jax.models.unet import Cond, UNetConfig
+
+__all__ = ["GUIDED", "IMAGE_CONDITIONS", "NO_IMAGE", "area_downsample", "box_masks", "drop",
+           "luminance", "make_cond", "null", "upsample"]
 
 Array = jax.Array
 GUIDED = ("image", "labels", "text")  # Guidance nests conditions in this order.
-
-
-def area_downsample(x: Array, factor: int) -> Array:
-  """Mean over factor x factor blocks (exact area downsampling)."""
-  b, h, w, c = x.shape
-  return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
 
 
 def upsample(x: Array, size: int) -> Array:
@@ -106,15 +104,6 @@ class _NoImage(NamedTuple):
 NO_IMAGE = _NoImage()  # A `cond` config section with no image condition.
 
 
-def input_keys(model_cfg: UNetConfig, cond_cfg, num_classes: int) -> tuple[str, ...]:
-  """The batch entries a model's conditions are built from (besides `image`)."""
-  keys = ("label",) if num_classes else ()
-  keys += {"tokens": ("tokens",), "embeddings": ("text_emb", "text_mask"), "": ()}[model_cfg.text]
-  if cond_cfg.image:
-    keys += IMAGE_CONDITIONS[cond_cfg.image].keys
-  return keys
-
-
 def make_cond(model_cfg: UNetConfig, cond_cfg, batch: dict, image_size: int) -> Cond:
   """The U-Net's Cond from a batch's user-facing conditions."""
   image = None
@@ -157,15 +146,3 @@ def drop(cond: Cond, key: Array, rates: dict, null_label: int) -> Cond:
       where = jax.random.uniform(jax.random.fold_in(key, i), (batch,)) < p
       cond = null(cond, which, null_label, where)
   return cond
-
-
-def present(cond: Cond) -> set[str]:
-  """The guidable conditions a Cond carries."""
-  out = set()
-  if cond.labels is not None:
-    out.add("labels")
-  if cond.tokens is not None or cond.text_emb is not None:
-    out.add("text")
-  if cond.image is not None:
-    out.add("image")
-  return out

@@ -16,6 +16,7 @@ from PIL import Image
 
 from diffusion_jax import conditions, generate
 from diffusion_jax.data import pipeline
+from diffusion_jax.models.unet import UNetConfig
 from diffusion_jax.tokenizer import Tokenizer, TokenizerError
 
 
@@ -93,8 +94,7 @@ def gather(config, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dic
   """(inputs, record): the model's conditions for each sample ([-1, 1] floats, token
   ids, labels) and what to save beside the samples (uint8 images, prompts, labels,
   reference images)."""
-  mcfg_text = "tokens" if config.model.text_vocab_size else (
-      "embeddings" if config.model.text_emb_dim else "")
+  mcfg_text = UNetConfig.from_config(config.model).text
   kind = config.cond.image
   nc = config.data.num_classes
   counts = {}

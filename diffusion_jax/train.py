@@ -216,17 +216,14 @@ def sample_from_workdir(config, workdir: str, given: sample_inputs.Given = sampl
   tokenizer = validate.check_text(config, workdir, step)
   base = None
   if cascade_from:
-    base = _check_cascade(config, cascade_from, mesh)
+    base_config = load_config(cascade_from)
+    base = (base_config,) + validate.check_cascade(config, base_config, cascade_from,
+                                                   mesh.devices.size)
   if given.labels is not None:
-    nc = config.data.num_classes if base is None else base[0].data.num_classes
-    validate._require(nc > 0, "--labels given, but this model is not class-conditional")
-    bad = given.labels[(given.labels < 0) | (given.labels >= max(nc, 1))]
-    if len(bad):
-      raise validate.ConfigError(f"labels {sorted(set(bad.tolist()))} are outside "
-                                 f"[0, {max(nc, 1)}) for this model")
+    validate.check_labels(given.labels, (config if base is None else base[0]).data.num_classes)
   try:
     if base is not None:
-      base_config, base_step, base_tok = base
+      base_config, _, base_tok = base
       base_inputs, base_record = sample_inputs.gather(base_config, given, base_tok)
       base_state = load_state(base_config, cascade_from, mesh)
       low = sample_images(base_config, base_state.ema_params, mesh, base_inputs, base_record)
@@ -242,21 +239,6 @@ def sample_from_workdir(config, workdir: str, given: sample_inputs.Given = sampl
                           inputs, record)
   print(f"samples: {path}", flush=True)
   return path
-
-
-def _check_cascade(config, base_workdir: str, mesh):
-  """The base model's (config, step, tokenizer), checked to feed this SR model."""
-  validate._require(config.cond.image == "sr",
-                    "--cascade_from needs a super-resolution model (cond.image='sr')")
-  base_config = load_config(base_workdir)
-  step = validate.check_all(base_config, base_workdir, "sample", mesh.devices.size)
-  want = config.data.image_size // config.cond.sr_factor
-  got = (base_config.data.image_size, base_config.data.channels)
-  validate._require(got == (want, config.data.channels),
-                    f"--cascade_from {base_workdir!r}: the base model makes {got[0]}x{got[0]} "
-                    f"images with {got[1]} channels; this model takes {want}x{want} with "
-                    f"{config.data.channels}")
-  return base_config, step, validate.check_text(base_config, base_workdir, step)
 
 
 __all__ = ["build", "load_config", "load_state", "make_step", "sample_from_workdir",

@@ -275,6 +275,27 @@ def check_text(config, workdir: str, step: int | None) -> Tokenizer | None:
   return Tokenizer(vocab, mc.text_max_len)
 
 
+def check_labels(labels, num_classes: int) -> None:
+  """Class labels given for sampling, against the model's classes."""
+  _require(num_classes > 0, "--labels given, but this model is not class-conditional")
+  bad = sorted({int(v) for v in labels if not 0 <= v < num_classes})
+  _require(not bad, f"labels {bad} are outside [0, {num_classes}) for this model")
+
+
+def check_cascade(config, base_config, base_workdir: str, num_devices: int):
+  """A base model's workdir, checked to feed this super-resolution model; returns the
+  base's latest step and tokenizer."""
+  _require(config.cond.image == "sr",
+           "--cascade_from needs a super-resolution model (cond.image='sr')")
+  step = check_all(base_config, base_workdir, "sample", num_devices)
+  want = config.data.image_size // config.cond.sr_factor
+  got = (base_config.data.image_size, base_config.data.channels)
+  _require(got == (want, config.data.channels),
+           f"--cascade_from {base_workdir!r}: the base model makes {got[0]}x{got[0]} images "
+           f"with {got[1]} channels; this model takes {want}x{want} with {config.data.channels}")
+  return step, check_text(base_config, base_workdir, step)
+
+
 def check_mode(mode: str) -> None:
   _require(mode in MODES, f"unknown --mode={mode!r}; known: {list(MODES)}")
 
@@ -287,5 +308,5 @@ def check_all(config, workdir: str, mode: str, num_devices: int | None = None) -
   return check_workdir(config, workdir, mode)
 
 
-__all__ = ["ConfigError", "MODES", "check_all", "check_config", "check_data",
-           "check_text", "check_workdir", "model_config", "model_meta"]
+__all__ = ["ConfigError", "MODES", "check_all", "check_cascade", "check_config", "check_data",
+           "check_labels", "check_text", "check_workdir", "model_config", "model_meta"]

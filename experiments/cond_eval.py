@@ -195,8 +195,7 @@ def eval_inpaint(config, mesh, params, args) -> tuple[dict, list]:
 
 
 def eval_text(config, mesh, params, args) -> tuple[dict, list]:
-  step = validate.check_workdir(config, args.workdir, "sample")
-  tok = validate.check_text(config, args.workdir, step)
+  tok = validate.check_text(config, args.workdir, args.step)
   if args.split == "held_out":  # Every held-out single-shape phrase, --samples times each.
     prompts = [shapes.phrase_text(*p) for p in sorted(shapes.HELD_OUT)] * args.samples
     split = {"image": np.stack([shapes.render([p]) for p in sorted(shapes.HELD_OUT)]
@@ -243,6 +242,7 @@ def main():
   p.add_argument("--tag", default=None)
   args = p.parse_args()
   config, mesh, step, params = setup(args.workdir)
+  args.step = step
   config.sample.project = False  # Raw samples; the projection is scored separately.
   if args.guidance is not None:
     key = {"text": "text_guidance_scale"}.get(args.task, "image_guidance_scale")

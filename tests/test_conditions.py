@@ -237,3 +237,11 @@ def test_likelihood_eval_of_text_or_image_models_is_refused():
   validate.check_config(c, num_devices=1, mode="sample")
   with pytest.raises(validate.ConfigError, match="--mode=eval .* supports class-conditional"):
     validate.check_config(c, num_devices=1, mode="eval")
+
+
+def test_sampling_labels_are_checked_against_the_classes():
+  validate.check_labels(np.array([0, 9]), 10)
+  with pytest.raises(validate.ConfigError, match=r"labels \[-1, 10\] are outside \[0, 10\)"):
+    validate.check_labels(np.array([3, -1, 10]), 10)
+  with pytest.raises(validate.ConfigError, match="not class-conditional"):
+    validate.check_labels(np.array([0]), 0)

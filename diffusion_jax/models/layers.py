@@ -15,6 +15,12 @@ import numpy as np
 Array = jax.Array
 
 
+def area_downsample(x: Array, factor: int) -> Array:
+  """Mean over factor x factor blocks (exact area downsampling)."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
 def upfirdn(x: Array, taps: tuple[int, ...], up: int = 1, down: int = 1,
             pad: tuple[int, int] = (0, 0)) -> Array:
   """Per-channel FIR filtering of NHWC `x`: zero-insert `up`x, pad, convolve, keep every `down`th.

@@ -299,7 +299,7 @@ class UNet(nn.Module):
     for level, mult in enumerate(cfg.ch_mult):
       if level and h.shape[1] in cfg.cond_image_resolutions:
         h = h + nn.Conv(h.shape[-1], (1, 1), dtype=dtype)(
-            _area_resize(cond.image.astype(h.dtype), h.shape[1]))
+            layers.area_downsample(cond.image.astype(h.dtype), cond.image.shape[1] // h.shape[1]))
       for _ in range(cfg.num_res_blocks):
         h = attn(block(cfg.ch * mult)(h, emb, train))
         skips.append(h)
@@ -351,13 +351,6 @@ class UNet(nn.Module):
                          f"{cfg.text_emb_dim}: pass Cond(text_emb=..., text_mask=...)")
       text, mask = cond.text_emb.astype(dtype), cond.text_mask
     return Context(cfg.text_width, emb_dim, dtype, name="context")(text, mask)
-
-
-def _area_resize(x: Array, size: int) -> Array:
-  """Mean over size x size blocks: exact area downsampling by an integer factor."""
-  b, h, w, c = x.shape
-  f = h // size
-  return x.reshape(b, size, f, size, f, c).mean(axis=(2, 4))
 
 
 def resolutions(image_size: int, num_levels: int) -> list[int]:

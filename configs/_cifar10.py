@@ -1,0 +1,17 @@
+"""Shared parts of the CIFAR-10 configs (not an experiment by itself)."""
+
+from configs import default
+
+
+def base(num_classes: int = 0, random_flip: bool = True):
+  """The defaults with CIFAR-10 as the data (needs `tfds build cifar10` in data_dir)."""
+  c = default.get_config()
+  d = c.data
+  d.name = "cifar10"
+  d.image_size = 32
+  d.channels = 3
+  d.num_classes = num_classes
+  d.random_flip = random_flip
+  d.shuffle_buffer = 50_000
+  d.cache = True
+  return c
