@@ -1,6 +1,6 @@
 """Shared parts of the CIFAR-10 configs (not an experiment by itself)."""
 
-from configs import default
+from diffusion_jax.config import defaults as default
 
 
 def base(num_classes: int = 0, random_flip: bool = True):

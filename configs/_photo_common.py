@@ -1,6 +1,6 @@
 """Shared settings of the photo_patches configs (not an experiment by itself)."""
 
-from configs import default
+from diffusion_jax.config import defaults as default
 
 
 def base(arg: str, name: str, num_steps: int = 3000):

@@ -11,7 +11,9 @@ Command (TPU/GPU):
 Not yet run here (no accelerator, no CIFAR-10 offline); no result is claimed.
 """
 
-from configs import _cifar10
+from diffusion_jax.config import import_sibling
+
+_cifar10 = import_sibling(__file__, "_cifar10.py")
 
 
 def get_config():

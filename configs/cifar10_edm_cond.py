@@ -32,7 +32,9 @@ Needs cifar10 prepared in data_dir (`tfds build cifar10`). Command (GPUs/TPU):
 Not yet run here; no result is claimed.
 """
 
-from configs import _cifar10
+from diffusion_jax.config import import_sibling
+
+_cifar10 = import_sibling(__file__, "_cifar10.py")
 
 BATCH = 512
 

@@ -43,7 +43,9 @@ Not yet run here; no result is claimed.
 
 import math
 
-from configs import _cifar10
+from diffusion_jax.config import import_sibling
+
+_cifar10 = import_sibling(__file__, "_cifar10.py")
 
 PIXELS = 32 * 32 * 3  # score_sde sums the loss over these; we average.
 

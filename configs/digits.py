@@ -9,7 +9,7 @@ runs/digits/samples/step_<N>.png (one row per digit). Measured result (1,000 sam
 Smoke-test variant (a few steps, seconds): --config=configs/digits.py:runlocal
 """
 
-from configs import default
+from diffusion_jax.config import defaults as default
 
 
 def get_config(arg: str = ""):

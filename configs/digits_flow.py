@@ -6,7 +6,9 @@ Command:
 Result: experiments/README.md (NFE study). Smoke test: --config=configs/digits_flow.py:runlocal
 """
 
-from configs import digits
+from diffusion_jax.config import import_sibling
+
+digits = import_sibling(__file__, "digits.py")
 
 
 def get_config(arg: str = ""):

@@ -9,7 +9,9 @@ then the cascade, one command:
 Smoke-test variant: :runlocal
 """
 
-from configs import _photo_common as photo_common
+from diffusion_jax.config import import_sibling
+
+photo_common = import_sibling(__file__, "_photo_common.py")
 
 
 def get_config(arg: str = ""):

@@ -12,7 +12,9 @@ Measured (experiments/cond_eval.py inpaint): see experiments/README.md.
 Smoke-test variant: :runlocal
 """
 
-from configs import _photo_common as photo_common
+from diffusion_jax.config import import_sibling
+
+photo_common = import_sibling(__file__, "_photo_common.py")
 
 
 def get_config(arg: str = ""):

@@ -15,7 +15,9 @@ Variants: :x2 (16x16 -> 32x32), :runlocal (tiny dataset, a few steps).
 Measured (experiments/cond_eval.py sr): see experiments/README.md.
 """
 
-from configs import _photo_common as photo_common
+from diffusion_jax.config import import_sibling
+
+photo_common = import_sibling(__file__, "_photo_common.py")
 
 
 def get_config(arg: str = ""):

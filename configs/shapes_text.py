@@ -12,7 +12,7 @@ Measured (detector in experiments/shapes_detector.py): see experiments/README.md
 Smoke-test variant (tiny dataset, a few steps): --config=configs/shapes_text.py:runlocal
 """
 
-from configs import default
+from diffusion_jax.config import defaults as default
 
 
 def get_config(arg: str = ""):

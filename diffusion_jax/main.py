@@ -6,6 +6,11 @@
                  or --cascade_from (else taken from the dataset's sample.cond_split);
   --mode=eval    bits/dim of a data split under DIR's latest checkpoint (config.eval).
 Config fields are overridden with --config.<field>=<value> (unknown fields are errors).
+Sampling and evaluation use the config the run was trained with (DIR's saved config);
+--config is then optional, and only the fields of SAMPLING_FIELDS may be overridden.
+
+Every bad input stops with one `error: ...` line per problem and exit status 2, before
+anything is compiled or written; a run that diverges exits with status 1.
 """
 
 import os
@@ -14,98 +19,204 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-import numpy as np  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-_MODE = flags.DEFINE_string("mode", "train", "train | sample | eval")
-_LABELS = flags.DEFINE_list("labels", None, "--mode=sample: class labels to sample, e.g. 0,0,7.")
-_PROMPT = flags.DEFINE_multi_string("prompt", None, "--mode=sample: a text prompt (repeatable).")
-_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None,
-                                    "--mode=sample: a text file of prompts, one per line.")
-_COND = flags.DEFINE_string("cond", None, "--mode=sample: conditioning images: an .npz "
-                            "(keys lowres | gray | masked + mask, uint8) or a directory of PNGs.")
-_CASCADE = flags.DEFINE_string("cascade_from", None, "--mode=sample with a super-resolution "
-                               "model: the base model's workdir, whose samples are upsampled.")
+from diffusion_jax.config import files  # noqa: E402
+from diffusion_jax.config.errors import ConfigError  # noqa: E402
+
+SAMPLE_FLAGS = ("labels", "prompt", "prompts_file", "cond", "cascade_from")
 
 
-def _fail(msg: str) -> None:
-  print(f"error: {msg}", file=sys.stderr, flush=True)
-  sys.exit(2)
+class _Exit(Exception):
+  def __init__(self, code: int):
+    self.code = code
+
+
+def _fail(*problems: str, code: int = 2) -> None:
+  for p in problems:
+    print(f"error: {p}", file=sys.stderr, flush=True)
+  raise _Exit(code)
 
 
 def _one_line(e: BaseException) -> str:
   return " ".join(str(e).replace("\\'", "'").replace("\\n", " ").split())
 
 
-def _parse_flags(argv):
+def _flag_value(argv: list[str], name: str) -> str | None:
+  """The value of --name=V or --name V in argv, before the flags are parsed."""
+  for i, a in enumerate(argv):
+    if a.startswith(f"--{name}="):
+      return a.split("=", 1)[1]
+    if a == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _define_flags(fv: flags.FlagValues, argv: list[str]) -> str | None:
+  """Defines the flags on `fv`. --config is a config file or, when sampling or
+  evaluating without --config, the run's saved config: returns that file's path."""
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.",
+                      flag_values=fv)
+  flags.DEFINE_string("mode", "train", "train | sample | eval", flag_values=fv)
+  flags.DEFINE_list("labels", None, "--mode=sample: class labels to sample, e.g. 0,0,7.",
+                    flag_values=fv)
+  flags.DEFINE_multi_string("prompt", None, "--mode=sample: a text prompt (repeatable).",
+                            flag_values=fv)
+  flags.DEFINE_string("prompts_file", None, "--mode=sample: a text file of prompts, one per "
+                      "line.", flag_values=fv)
+  flags.DEFINE_string("cond", None, "--mode=sample: conditioning images: an .npz (keys "
+                      "lowres | gray | masked + mask, uint8) or a directory of PNGs.",
+                      flag_values=fv)
+  flags.DEFINE_string("cascade_from", None, "--mode=sample with a super-resolution model: "
+                      "the base model's workdir, whose samples are upsampled.", flag_values=fv)
+  workdir, mode = _flag_value(argv, "workdir"), _flag_value(argv, "mode") or "train"
+  if _flag_value(argv, "config") is None and mode != "train" and workdir:
+    try:
+      saved = files.load_saved(workdir)
+    except ConfigError as e:
+      _fail(*e.problems)
+    if saved is not None:
+      config_flags.DEFINE_config_dict("config", saved, "The run's saved config.",
+                                      flag_values=fv, lock_config=True, sys_argv=argv)
+      return files.saved_config_paths(workdir)[-1]
+  config_flags.DEFINE_config_file("config", None, "Config file.", flag_values=fv,
+                                  lock_config=True, sys_argv=argv)
+  return None
+
+
+def _parse(fv: flags.FlagValues, argv: list[str]) -> None:
   """absl parsing, with every flag or config error as one line."""
   try:
-    rest = flags.FLAGS(argv)
-    _ = _CONFIG.value and _CONFIG.value.seed  # Config files load lazily: load it now.
-    return rest
+    rest = fv(argv)
+    _ = fv.config and fv.config.seed  # Config files load lazily: load it now.
   except flags.Error as e:
     lines = str(e).strip().splitlines()
     # A config file that raised: its last line names the exception and says why.
     _fail(f"{lines[0]} {lines[-1].strip()}" if "Traceback" in str(e) else _one_line(e))
+  except ConfigError as e:
+    _fail(*e.problems)
   except OSError as e:
     _fail(_one_line(e))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     msg = re.sub("'+", "'", _one_line(e)).rstrip("'")
     _fail(f"bad config override ({' '.join(overrides)}): {msg}")
+  if len(rest) > 1:
+    _fail(f"unexpected arguments: {' '.join(rest[1:])}")
 
 
-def main(argv):
-  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file op at INFO.
-  if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  # Import after flag parsing: a bad flag fails fast, before JAX/TF start.
-  from diffusion_jax import sample_inputs, train, validate
-  from diffusion_jax.data.pipeline import DataError
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerators for JAX.
-  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
-  if config is None:
-    _fail("--config is required, e.g. --config=configs/digits.py")
+def _check_overrides(argv: list[str], mode: str, saved: str) -> None:
+  """With the run's saved config, only what sampling reads may be overridden."""
+  from diffusion_jax.run.workdir import SAMPLING_FIELDS
+  fields = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  bad = [f for f in fields if not any(f == s or f.startswith(s + ".") for s in SAMPLING_FIELDS)]
+  if bad:
+    _fail(f"--config.{', --config.'.join(bad)}: --mode={mode} uses the run's saved config "
+          f"({saved}); only {', '.join(SAMPLING_FIELDS)} may be overridden")
+
+
+def _check_given_config(config, workdir: str) -> None:
+  """--config given for sampling: it must describe the model the run trained."""
+  from diffusion_jax.run import workdir as workdir_lib
+  saved = files.load_saved(workdir)
+  if saved is None:
+    return
+  diff = workdir_lib.changed(saved, config, workdir_lib.MEANING)
+  if diff:
+    raise ConfigError(f"--config differs from the run's saved config "
+                      f"({files.saved_config_paths(workdir)[-1]}) in {', '.join(diff)}: "
+                      "sampling and evaluation use what the run was trained with; "
+                      "drop --config to use it")
+
+
+def _run_train(fv, given):
+  from diffusion_jax.run import train
+  train.train_and_evaluate(fv.config, fv.workdir)
+
+
+def _run_sample(fv, given):
+  from diffusion_jax.run import sample
+  sample.sample_from_workdir(fv.config, fv.workdir, given, cascade_from=fv.cascade_from)
+
+
+def _run_eval(fv, given):
+  from diffusion_jax.run import evaluate
+  evaluate.evaluate_likelihood(fv.config, fv.workdir)
+
+
+MODES = {"train": _run_train, "sample": _run_sample, "eval": _run_eval}
+
+
+def _sample_inputs(fv):
+  import numpy as np
+  from diffusion_jax.sampling import inputs
   labels = None
-  sample_flags = {"--labels": _LABELS.value, "--prompt": _PROMPT.value,
-                  "--prompts_file": _PROMPTS_FILE.value, "--cond": _COND.value,
-                  "--cascade_from": _CASCADE.value}
-  given_flags = [k for k, v in sample_flags.items() if v is not None]
+  if fv.labels is not None:
+    try:
+      labels = np.asarray([int(v) for v in fv.labels], np.int32)
+    except ValueError:
+      _fail(f"--labels must be integers, got {','.join(fv.labels)}")
+  prompts = fv.prompt
+  if fv.prompts_file is not None:
+    prompts = inputs.read_prompts(fv.prompts_file)
+  return inputs.Given(labels=labels, prompts=prompts, cond_path=fv.cond)
+
+
+def _main(argv: list[str]) -> None:
+  fv = flags.FlagValues()
+  saved = _define_flags(fv, argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(__doc__ + "\n" + fv.get_help())
+    raise _Exit(0)
+  _parse(fv, argv)
+  mode, workdir, config = fv.mode, fv.workdir, fv.config
+  if mode not in MODES:
+    _fail(f"unknown --mode={mode!r}; known: {sorted(MODES)}")
+  if not workdir:
+    _fail("--workdir is required")
+  if config is None:
+    _fail("--config is required, e.g. --config=configs/digits.py"
+          + ("" if mode == "train" else f" (or a --workdir holding a run; {workdir!r} holds "
+             "no saved config)"))
+  given_flags = [f"--{k}" for k in SAMPLE_FLAGS if fv[k].value is not None]
   if given_flags and mode != "sample":
     _fail(f"{', '.join(given_flags)} appl{'ies' if len(given_flags) == 1 else 'y'} "
           "to --mode=sample only")
-  if _PROMPT.value is not None and _PROMPTS_FILE.value is not None:
+  if fv.prompt is not None and fv.prompts_file is not None:
     _fail("give prompts with --prompt or --prompts_file, not both")
+  if saved:
+    _check_overrides(argv, mode, saved)
+
+  # Imported only now: a bad flag fails fast, before JAX and TensorFlow start.
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerators for JAX.
   try:
-    if _LABELS.value is not None:
-      try:
-        labels = np.asarray([int(v) for v in _LABELS.value], np.int32)
-      except ValueError:
-        _fail(f"--labels must be integers, got {','.join(_LABELS.value)}")
-    # The entry points below validate config, data and workdir before writing anything.
-    validate.check_mode(mode)
-    if mode == "train":
-      train.train_and_evaluate(config, workdir)
-    elif mode == "sample":
-      prompts = _PROMPT.value
-      if _PROMPTS_FILE.value is not None:
-        prompts = sample_inputs.read_prompts(_PROMPTS_FILE.value)
-      given = sample_inputs.Given(labels=labels, prompts=prompts, cond_path=_COND.value)
-      train.sample_from_workdir(config, workdir, given, cascade_from=_CASCADE.value)
-    else:
-      from diffusion_jax import evaluate
-      evaluate.evaluate_likelihood(config, workdir)
-  except (validate.ConfigError, DataError, sample_inputs.InputError) as e:
-    _fail(str(e))
+    given = _sample_inputs(fv) if mode == "sample" else None
+    if mode != "train" and not saved:
+      _check_given_config(config, workdir)
+    # Every mode checks config, data and workdir before compiling or writing anything.
+    MODES[mode](fv, given)
+  except ConfigError as e:
+    _fail(*e.problems)
   except FloatingPointError as e:  # Diverged: the last good checkpoint is kept.
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    _fail(str(e), code=1)
+
+
+def run(argv: list[str]) -> int:
+  """Runs the command line `argv` (argv[0] is the program); returns the exit status."""
+  try:
+    _main(list(argv))
+  except _Exit as e:
+    return e.code
+  return 0
+
+
+def main() -> None:
+  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file op at INFO.
+  sys.exit(run(sys.argv))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  main()

@@ -23,24 +23,27 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from configs import cifar10_ddpm  # noqa: E402
-from diffusion_jax import parallel, train, train_state  # noqa: E402
+from diffusion_jax import config as config_lib  # noqa: E402
 from diffusion_jax.models.unet import Cond  # noqa: E402
+from diffusion_jax.run import build, spec as spec_lib  # noqa: E402
+from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
+from diffusion_jax.training.step import make_train_step  # noqa: E402
 
 
 class JaxBench:
   """The CIFAR-10 DDPM network's compiled train step and forward pass."""
 
   def __init__(self, batch: int):
-    config = cifar10_ddpm.get_config()
+    config = config_lib.load(os.path.join(ROOT, "configs", "cifar10_ddpm.py"))
     config.training.batch_size = batch
-    mesh = parallel.make_mesh()
-    model, diff, tx = train.build(config)
-    init, key, _ = train._init_fns(config, model, tx, mesh)
+    mesh = mesh_lib.make_mesh()
+    spec = spec_lib.parse(config, mesh.devices.size)
+    model, diff, tx = build.model(spec), spec.diffusion, build.optimizer_of(spec)
+    init, key, _ = build.init_fns(spec, model, tx, mesh)
     self.batch = batch
     self.state = init(key)
     self.params = sum(v.size for v in jax.tree.leaves(self.state.params))
-    self.step = jax.jit(train_state.make_train_step(model, tx, diff, 0.9999, {}),
+    self.step = jax.jit(make_train_step(model, tx, diff, 0.9999, {}),
                         donate_argnums=(0,))
     self.fwd = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, Cond()))
     rng = np.random.default_rng(0)

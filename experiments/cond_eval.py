@@ -25,8 +25,12 @@ from skimage.metrics import structural_similarity
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from diffusion_jax import conditions, generate, parallel, sample_inputs, train, validate  # noqa: E402
+from diffusion_jax.conditioning import conditions  # noqa: E402
 from diffusion_jax.data import pipeline, shapes  # noqa: E402
+from diffusion_jax.models.layers import area_downsample  # noqa: E402
+from diffusion_jax.run import build, sample as sample_run, spec as spec_lib  # noqa: E402
+from diffusion_jax.sampling import images as images_lib, inputs as inputs_lib  # noqa: E402
+from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
 from experiments import shapes_detector  # noqa: E402
 
 
@@ -84,18 +88,20 @@ def stats(v) -> dict:
 
 
 def setup(workdir: str):
-  config = train.load_config(workdir)
-  mesh = parallel.make_mesh()
-  step = validate.check_workdir(config, workdir, "sample")
-  state = train.load_state(config, workdir, mesh)
-  return config, mesh, step, state.ema_params
+  mesh = mesh_lib.make_mesh()
+  spec, state, tokenizer = build.restore_run(workdir, mesh)
+  return spec.config, mesh, int(state.step), state.ema_params, tokenizer
+
+
+def spec_of(config, mesh) -> spec_lib.Spec:
+  return spec_lib.parse(config, mesh.devices.size)
 
 
 def sample_repeated(config, mesh, params, inputs: dict, record: dict, k: int) -> np.ndarray:
   """k samples per input row: (k, N, H, W, C) uint8."""
   n = len(next(iter(inputs.values())))
   rep = {key: np.concatenate([v] * k) for key, v in inputs.items()}
-  images = train.sample_images(config, params, mesh, rep, record)
+  images = sample_run.sample_images(spec_of(config, mesh), params, mesh, rep, record)
   return images.reshape((k, n) + images.shape[1:])
 
 
@@ -112,14 +118,14 @@ def test_images(config, num: int) -> np.ndarray:
 def eval_sr(config, mesh, params, args) -> tuple[dict, list]:
   ref = test_images(config, args.num)
   f = config.cond.sr_factor
-  low = np.asarray(conditions.area_downsample(to_float(ref), f))
+  low = np.asarray(area_downsample(to_float(ref), f))
   bicubic = u8(conditions.upsample(low, config.data.image_size))
   samples = sample_repeated(config, mesh, params, {"lowres": low}, {}, args.samples)
   mean = np.round(samples.astype(np.float64).mean(0)).astype(np.uint8)
   low_u8 = u8(low)
 
   def consistency(x):  # Downsample the output: how far from the input (0-255 levels)?
-    d = u8(conditions.area_downsample(to_float(x), f)).astype(np.float64) - low_u8
+    d = u8(area_downsample(to_float(x), f)).astype(np.float64) - low_u8
     return np.abs(d).mean(axis=(1, 2, 3)), np.abs(d).max(axis=(1, 2, 3))
 
   def row(x):
@@ -195,7 +201,7 @@ def eval_inpaint(config, mesh, params, args) -> tuple[dict, list]:
 
 
 def eval_text(config, mesh, params, args) -> tuple[dict, list]:
-  tok = validate.check_text(config, args.workdir, args.step)
+  tok = args.tokenizer
   if args.split == "held_out":  # Every held-out single-shape phrase, --samples times each.
     prompts = [shapes.phrase_text(*p) for p in sorted(shapes.HELD_OUT)] * args.samples
     split = {"image": np.stack([shapes.render([p]) for p in sorted(shapes.HELD_OUT)]
@@ -203,8 +209,9 @@ def eval_text(config, mesh, params, args) -> tuple[dict, list]:
   else:
     split = pipeline.load_split_numpy(config.data, args.split, args.num, captions=True)
     prompts = list(split["caption"])
-  inputs, record = sample_inputs.gather(config, sample_inputs.Given(prompts=prompts), tok)
-  images = train.sample_images(config, params, mesh, inputs, record)
+  spec = spec_of(config, mesh)
+  inputs, record = inputs_lib.gather(spec, inputs_lib.Given(prompts=prompts), tok)
+  images = sample_run.sample_images(spec, params, mesh, inputs, record)
   res = shapes_detector.score(images, prompts)
   res["split"] = args.split
   res["text_guidance_scale"] = config.sample.text_guidance_scale
@@ -217,7 +224,7 @@ EVALS = {"sr": eval_sr, "gray": eval_gray, "inpaint": eval_inpaint, "text": eval
 def save_panel(columns: list, path: str, rows: int = 12, scale: int = 3) -> None:
   """Columns side by side, one example per row."""
   rows = min(rows, len(columns[0]))
-  cols = [generate._as_rgb(c[:rows], c.shape[1] if c.shape[1] >= 32 else 32) for c in columns]
+  cols = [images_lib.as_rgb(c[:rows], c.shape[1] if c.shape[1] >= 32 else 32) for c in columns]
   h, pad = cols[0].shape[1] * scale, 2
   canvas = np.zeros((rows * (h + pad) + pad, len(cols) * (h + pad) + pad, 3), np.uint8)
   for r in range(rows):
@@ -241,7 +248,7 @@ def main():
   p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
   p.add_argument("--tag", default=None)
   args = p.parse_args()
-  config, mesh, step, params = setup(args.workdir)
+  config, mesh, step, params, args.tokenizer = setup(args.workdir)
   args.step = step
   config.sample.project = False  # Raw samples; the projection is scored separately.
   if args.guidance is not None:
@@ -251,7 +258,7 @@ def main():
     config.sample.sampler = args.sampler
   if args.steps:
     config.sample.num_steps = args.steps
-  validate.check_config(config, mesh.devices.size, "sample")
+  spec_of(config, mesh)
   config.sample.batch_size = min(config.sample.batch_size, 256)
   t0 = time.perf_counter()
   res, panel = EVALS[args.task](config, mesh, params, args)

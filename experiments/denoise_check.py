@@ -17,22 +17,24 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffusion_jax import conditions, diffusion, parallel, train  # noqa: E402
+from diffusion_jax.conditioning import conditions  # noqa: E402
+from diffusion_jax.core import diffusion  # noqa: E402
 from diffusion_jax.data import pipeline  # noqa: E402
+from diffusion_jax.run import build  # noqa: E402
+from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
 
 
 def main(workdir: str, num: int = 64):
-  config = train.load_config(workdir)
-  state = train.load_state(config, workdir, parallel.make_mesh())
-  model, diff, _ = train.build(config)
-  size = config.data.image_size
-  x0 = jnp.asarray(pipeline.load_split_numpy(config.data, "test", num)["image"],
+  run, state, _ = build.restore_run(workdir, mesh_lib.make_mesh())
+  model, diff = build.model(run), run.diffusion
+  size = run.data.image_size
+  x0 = jnp.asarray(pipeline.load_split_numpy(run.data, "test", num)["image"],
                    jnp.float32) / 127.5 - 1
   inputs = {}
-  if config.cond.image:
-    spec = conditions.IMAGE_CONDITIONS[config.cond.image]
-    inputs = spec.degrade(x0, jax.random.key(0), config.cond)
-  cond = conditions.make_cond(model.config, config.cond, inputs, size)
+  if run.cond.image:
+    spec = conditions.IMAGE_CONDITIONS[run.cond.image]
+    inputs = spec.degrade(x0, jax.random.key(0), run.cond)
+  cond = conditions.make_cond(model.config, run.cond, inputs, size)
   apply = lambda x, t, c: model.apply({"params": state.ema_params}, x, t, c)
   denoise = jax.jit(diffusion.make_denoiser(apply, diff))
   rmse = lambda y: float(jnp.sqrt(jnp.mean((y - x0) ** 2)) * 127.5)

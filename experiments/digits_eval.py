@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.svm import SVC
 
 from diffusion_jax.data.digits import digits_arrays, split_indices
-from diffusion_jax.metrics import frechet_distance
+from diffusion_jax.evaluation.frechet import frechet_distance
 
 
 def to_digit_scale(images_uint8: np.ndarray) -> np.ndarray:

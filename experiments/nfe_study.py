@@ -12,7 +12,6 @@ stochastic samplers: --samplers=ddpm,heun_churn --nfes=10,20,50,100 --no-referen
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -23,7 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
-from diffusion_jax import generate, parallel, samplers, train  # noqa: E402
+from diffusion_jax import config as config_lib  # noqa: E402
+from diffusion_jax.core import samplers  # noqa: E402
+from diffusion_jax.run import build  # noqa: E402
+from diffusion_jax.sampling import generate  # noqa: E402
+from diffusion_jax.sampling.inputs import balanced_labels  # noqa: E402
+from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
 import digits_eval  # noqa: E402
 
 # label -> (sampler, grid, options); NFE -> grid steps N per sampler (heun: NFE = 2N - 1).
@@ -42,11 +46,7 @@ REFERENCE = ("ddpm", "uniform", 1000)
 
 
 def load_config(spec: str):
-  path, _, arg = spec.partition(":")
-  mod_spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, path))
-  mod = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(mod)
-  return mod.get_config(arg) if arg else mod.get_config()
+  return config_lib.load(os.path.join(ROOT, spec))
 
 
 def steps_for(name: str, nfe: int) -> int:
@@ -54,9 +54,9 @@ def steps_for(name: str, nfe: int) -> int:
 
 
 def run_model(config, workdir, num_samples, mesh, labels_used, nfes, reference=True):
-  state = train.load_state(config, workdir, mesh)
-  model, diff, _ = train.build(config)
-  labels = generate.balanced_labels(num_samples, config.data.num_classes)
+  run, state, _ = build.restore_run(workdir, mesh, config)
+  model, diff = build.model(run), run.diffusion
+  labels = balanced_labels(num_samples, config.data.num_classes)
   shape = (config.data.image_size,) * 2 + (config.data.channels,)
   rows = []
   settings = [(label, *SAMPLERS[label], steps_for(SAMPLERS[label][0], k))
@@ -66,7 +66,7 @@ def run_model(config, workdir, num_samples, mesh, labels_used, nfes, reference=T
   for label, name, grid, opts, steps in settings:
     if diff.schedule.num_steps and steps > diff.schedule.num_steps:
       continue
-    cfg = samplers.SamplerConfig(name=name, num_steps=steps, grid=grid, guidance_scale=1.0,
+    cfg = samplers.SamplerConfig(sampler=name, num_steps=steps, grid=grid,
                                  lambda_max=80.0 if grid == "edm" else float("inf"),
                                  t_max=min(1.0, config.sample.t_max), **opts)
     fn = generate.make_sample_fn(model, diff, cfg, shape, mesh)
@@ -138,7 +138,7 @@ def main():
     sys.exit(f"error: unknown samplers {unknown}; known: {sorted(SAMPLERS)}")
   nfes = [int(v) for v in args.nfes.split(",")]
   os.makedirs(args.out, exist_ok=True)
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   results = {}
   for spec in args.models:
     name, _, rest = spec.partition("=")

@@ -1,16 +1,30 @@
 """Shared fixtures. Tests run on CPU; parallel tests simulate devices in subprocesses."""
 
+import contextlib
+import io
 import os
+import subprocess
 import sys
+from typing import NamedTuple
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent compilation cache for the whole session (and the processes it
+# starts): tests that build the same tiny programs compile them once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="diffusion_jax_test_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)  # `configs` is imported as a top-level package.
+  sys.path.insert(0, ROOT)  # Tests import each other as `tests.*`.
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +53,49 @@ def apply_overrides(config, overrides: dict):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def fmt(value) -> str:
+  """A config value as a --config.FIELD=VALUE override writes it."""
+  if isinstance(value, tuple):
+    return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+class Result(NamedTuple):
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+def run_main(argv: list[str], env: dict | None = None, cwd: str = ROOT,
+             in_process: bool = True) -> Result:
+  """`python -m diffusion_jax.main ARGV`: in this process (diffusion_jax.main.run, its
+  output captured), or as a subprocess (needed where the environment must differ,
+  e.g. the number of simulated devices)."""
+  if in_process and not env:
+    from diffusion_jax import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      code = main.run(["diffusion_jax.main", *argv])
+    return Result(code, out.getvalue(), err.getvalue())
+  e = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+  r = subprocess.run([sys.executable, "-m", "diffusion_jax.main", *argv], capture_output=True,
+                     text=True, timeout=900, cwd=cwd, env=e)
+  return Result(r.returncode, r.stdout, r.stderr)
+
+
+def cli(workdir, *args, config="configs/digits.py", overrides=None, env=None, data_dir=None,
+        tiny=True, in_process=True) -> Result:
+  """The command line on a config of the repository, with the tiny model's overrides
+  (tiny=False: none) and `overrides`; config=None leaves --config out."""
+  over = dict(tiny_overrides()) if tiny else {}
+  over.update(overrides or {})
+  argv = [f"--workdir={workdir}"]
+  if config is not None:
+    argv.append(f"--config={os.path.join(ROOT, config)}")
+  argv += [f"--config.{k}={fmt(v)}" for k, v in over.items()] + list(args)
+  if data_dir:
+    os.environ["TFDS_DATA_DIR"] = data_dir
+    env = dict(env, TFDS_DATA_DIR=data_dir) if env else None
+  return run_main(argv, env=env, in_process=in_process)

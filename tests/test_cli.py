@@ -1,32 +1,12 @@
 """End to end through the command line, and every bad input's error."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, tiny_overrides
-
-
-def fmt(value):
-  if isinstance(value, tuple):
-    return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-  return str(value)
-
-
-def cli(workdir, *args, config="configs/digits.py", overrides=None, env=None, data_dir=None):
-  over = dict(tiny_overrides())
-  over.update(overrides or {})
-  cmd = [sys.executable, "-m", "diffusion_jax.main", f"--config={config}",
-         f"--workdir={workdir}"] + [f"--config.{k}={fmt(v)}" for k, v in over.items()]
-  cmd += list(args)
-  e = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-  if data_dir:
-    e["TFDS_DATA_DIR"] = data_dir
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=e)
+from tests.conftest import ROOT, cli, run_main
 
 
 def snapshot(path):
@@ -99,10 +79,14 @@ def test_eval_mode_reports_bits_per_dim(trained, data_dir):
     assert 8.0 < result["bits_per_dim"] < 100.0
 
 
+def load_run_state(workdir):
+  """The latest checkpoint's state, restored with the run's saved config."""
+  from diffusion_jax.run import build
+  from diffusion_jax.training import mesh as mesh_lib
+  return build.restore_run(workdir, mesh_lib.make_mesh(1))[1]
+
+
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data_dir):
-  from configs import default
-  from diffusion_jax import parallel, train
-  from tests.conftest import apply_overrides
   over = {**QUICK, "training.sample_at_end": False, "training.checkpoint_every": 100,
           "model.dropout": 0.1}
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
@@ -110,10 +94,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data_dir):
   assert cli(b, overrides={**over, "training.num_steps": 3}, data_dir=data_dir).returncode == 0
   r = cli(b, overrides={**over, "training.num_steps": 6}, data_dir=data_dir)
   assert r.returncode == 0 and "resumed" in r.stdout, r.stderr[-2000:]
-  config = apply_overrides(default.get_config(), {**tiny_overrides(), **over})
-  config.data.data_dir = data_dir
-  mesh = parallel.make_mesh(1)
-  sa, sb = train.load_state(config, a, mesh), train.load_state(config, b, mesh)
+  sa, sb = load_run_state(a), load_run_state(b)
   assert int(sa.step) == int(sb.step) == 6
   leaves = lambda s: [np.asarray(x) for x in jax.tree.leaves((s.params, s.ema_params, s.opt_state))]
   for x, y in zip(leaves(sa), leaves(sb), strict=True):
@@ -127,9 +108,10 @@ BAD = [
     ("image size vs depth", {"data.image_size": 7}, [], "not divisible by 2^1"),
     ("attention resolution", {"model.attn_resolutions": (16,)}, [],
      "attn_resolutions [16] are not feature-map sizes"),
-    ("unknown dataset", {"data.name": "no_such_dataset"}, [], "unknown dataset 'no_such_dataset'"),
+    ("unknown dataset", {"data.name": "no_such_dataset"}, [],
+     "unknown dataset data.name='no_such_dataset'"),
     ("missing data_dir", {"data.name": "cifar10", "data.data_dir": "/nonexistent/tfds"}, [],
-     "data_dir '/nonexistent/tfds' does not exist"),
+     "data.data_dir='/nonexistent/tfds' does not exist"),
     ("unknown sampler", {"sample.sampler": "heun9"}, [], "sample.sampler='heun9' is unknown"),
     ("sample without checkpoint", {}, ["--mode=sample"], "no checkpoint"),
     ("eval without checkpoint", {}, ["--mode=eval"], "no checkpoint"),
@@ -180,5 +162,23 @@ def test_incompatible_checkpoint_is_refused_and_untouched(trained, data_dir):
   before = snapshot(wd)
   r = cli(wd, overrides={"model.ch": 16}, data_dir=data_dir)
   assert r.returncode != 0
-  assert "incompatible model: ch differ" in r.stderr, r.stderr[-2000:]
+  assert "incompatible model: model.ch differ" in r.stderr, r.stderr[-2000:]
   assert snapshot(wd) == before
+
+
+def test_cli_runs_from_outside_the_repository(tmp_path, data_dir):
+  """The installed package, run from another directory, with a config given by
+  absolute path that loads a shared piece beside it (configs/_photo_common.py)."""
+  from tests.test_docs import SHRINK, fmt
+  outside = tmp_path / "elsewhere"
+  outside.mkdir()
+  argv = [f"--config={os.path.join(ROOT, 'configs', 'photo_base8.py')}:runlocal",
+          f"--workdir={outside / 'wd'}"]
+  argv += [f"--config.{k}={fmt(v)}" for k, v in SHRINK["train"].items()]
+  r = run_main(argv, env={"TFDS_DATA_DIR": data_dir}, cwd=str(outside), in_process=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert os.listdir(outside / "wd" / "samples")
+  # Sampling from there needs no config: the run's own is in its workdir.
+  r = run_main([f"--workdir={outside / 'wd'}", "--mode=sample", "--config.sample.num_steps=2"],
+               env={"TFDS_DATA_DIR": data_dir}, cwd=str(outside), in_process=False)
+  assert r.returncode == 0, r.stderr[-3000:]

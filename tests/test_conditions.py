@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import default
-from diffusion_jax import conditions, train, train_state, validate
+from diffusion_jax.config import defaults as default
+from diffusion_jax.conditioning import conditions
+from diffusion_jax.conditioning.tokenizer import Tokenizer, TokenizerError, build_vocab
+from diffusion_jax.config.errors import ConfigError
 from diffusion_jax.data import pipeline, shapes
+from diffusion_jax.models.layers import area_downsample
 from diffusion_jax.models.unet import Cond, UNet, UNetConfig
-from diffusion_jax.tokenizer import Tokenizer, TokenizerError, build_vocab
+from diffusion_jax.run import build, spec as spec_lib
+from diffusion_jax.sampling import inputs
+from diffusion_jax.training import state as state_lib
 from tests.conftest import apply_overrides, tiny_overrides
 
 SMALL = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num_groups=4,
@@ -92,7 +97,7 @@ def test_text_changes_the_output_and_padding_does_not():
 def test_image_condition_transforms():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(-1, 1, (3, 8, 8, 3)), jnp.float32)
-  low = conditions.area_downsample(x, 4)
+  low = area_downsample(x, 4)
   assert low.shape == (3, 2, 2, 3)
   np.testing.assert_allclose(low[:, 0, 0], x[:, :4, :4].mean(axis=(1, 2)), rtol=1e-6)
   up = conditions.upsample(low, 8)
@@ -195,16 +200,16 @@ def test_precomputed_embeddings_train_end_to_end(tmp_path):
   c.model.text_emb_dim, c.model.text_width, c.model.cross_attn_resolutions = 6, 16, (4,)
   c.model.text_max_len = 4
   c.sample.text_guidance_scale = 2.0
-  validate.check_config(c, num_devices=1)
+  spec = spec_lib.parse(c, num_devices=1)
   ds = pipeline.make_dataset(c.data, 8, 0, builder=builder,
                              text=pipeline.TextSpec(emb_key="text_emb"))
   batch = next(iter(pipeline.as_numpy(ds)))
   assert batch["text_emb"].shape == (8, 4, 6)
   np.testing.assert_array_equal(batch["text_mask"], np.any(batch["text_emb"] != 0, -1))
   assert 1 <= batch["text_mask"].sum(1).min() and batch["text_mask"].sum(1).max() <= 3
-  model, diff, tx = train.build(c)
-  state = train_state.create_train_state(jax.random.key(0), model, tx, 8, 3)
-  step = jax.jit(train.make_step(c, model, diff, tx))
+  model, tx = build.model(spec), build.optimizer_of(spec)
+  state = state_lib.create_train_state(jax.random.key(0), model, tx, 8, 3)
+  step = jax.jit(build.train_step(spec, model, tx))
   for _ in range(2):
     state, metrics = step(state, batch)
   assert np.isfinite(float(metrics["loss"])) and int(state.step) == 2
@@ -227,21 +232,27 @@ def test_precomputed_embeddings_train_end_to_end(tmp_path):
 def test_bad_conditioning_configs(over, message):
   c = apply_overrides(default.get_config(), tiny_overrides())
   c = apply_overrides(c, over)
-  with pytest.raises(validate.ConfigError, match=message):
-    validate.check_config(c, num_devices=1)
+  with pytest.raises(ConfigError, match=message):
+    spec_lib.parse(c, num_devices=1)
 
 
-def test_likelihood_eval_of_text_or_image_models_is_refused():
+def test_likelihood_eval_of_text_or_image_models_is_refused(tmp_path, data_dir):
   c = apply_overrides(default.get_config(), tiny_overrides())
-  c = apply_overrides(c, {"cond.image": "gray", "model.cond_image_channels": 1})
-  validate.check_config(c, num_devices=1, mode="sample")
-  with pytest.raises(validate.ConfigError, match="--mode=eval .* supports class-conditional"):
-    validate.check_config(c, num_devices=1, mode="eval")
+  c = apply_overrides(c, {"cond.image": "sr", "cond.sr_factor": 2,
+                          "model.cond_image_channels": 1})
+  spec_lib.parse(c, num_devices=1)
+  with pytest.raises(ConfigError, match="--mode=eval .* supports class-conditional"):
+    build.checked(c, str(tmp_path / "wd"), "eval", 1)
 
 
-def test_sampling_labels_are_checked_against_the_classes():
-  validate.check_labels(np.array([0, 9]), 10)
-  with pytest.raises(validate.ConfigError, match=r"labels \[-1, 10\] are outside \[0, 10\)"):
-    validate.check_labels(np.array([3, -1, 10]), 10)
-  with pytest.raises(validate.ConfigError, match="not class-conditional"):
-    validate.check_labels(np.array([0]), 0)
+def test_sampling_labels_are_checked_against_the_classes(data_dir):
+  spec = spec_lib.parse(apply_overrides(default.get_config(), tiny_overrides()), 1)
+  got, _ = inputs.gather(spec, inputs.Given(labels=np.array([0, 9])), None)
+  np.testing.assert_array_equal(got["label"], [0, 9])
+  with pytest.raises(ConfigError, match=r"labels \[-1, 10\] are outside \[0, 10\)"):
+    inputs.gather(spec, inputs.Given(labels=np.array([3, -1, 10])), None)
+  c = apply_overrides(default.get_config(), {**tiny_overrides(), "data.num_classes": 0,
+                                             "training.label_dropout": 0.0,
+                                             "sample.guidance_scale": 1.0})
+  with pytest.raises(ConfigError, match="not class-conditional"):
+    inputs.gather(spec_lib.parse(c, 1), inputs.Given(labels=np.array([0])), None)

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs import default
+from diffusion_jax.config import defaults as default
 from diffusion_jax.data import digits, pipeline
 
 
@@ -63,9 +63,14 @@ def test_real_tfds_dataset_through_the_same_pipeline(tmp_path):
 
 
 def test_unknown_dataset_and_missing_data_dir(tmp_path):
-  with pytest.raises(pipeline.DataError, match="unknown dataset 'no_such_set'"):
+  with pytest.raises(pipeline.DataError, match="unknown dataset data.name='no_such_set'"):
     pipeline.get_builder("no_such_set", str(tmp_path))
   with pytest.raises(pipeline.DataError, match="does not exist"):
     pipeline.get_builder("cifar10", str(tmp_path / "missing"))
+  # A bundled dataset is not prepared in a data_dir that does not exist (nothing is
+  # created there).
+  with pytest.raises(pipeline.DataError, match="does not exist"):
+    pipeline.get_builder("sklearn_digits", str(tmp_path / "missing"))
+  assert not (tmp_path / "missing").exists()
   with pytest.raises(pipeline.DataError, match="is not prepared"):
     pipeline.get_builder("cifar10", str(tmp_path))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats as st
 
-from diffusion_jax import likelihood, schedules
+from diffusion_jax.core import likelihood, schedules
 
 MU, S = 0.1, 0.1
 
@@ -25,7 +25,7 @@ EXACT = st.norm(MU, S).logpdf(X).sum(1)
 
 @pytest.mark.parametrize("name", ["linear", "vp", "subvp", "ve", "edm", "flow"])
 def test_ode_likelihood_matches_the_exact_gaussian_density(name):
-  sch = schedules.get_schedule(name)
+  sch = getattr(schedules, name)()
   kw = {"t_max": 0.999} if name == "flow" else {}
   ll = jax.jit(lambda x, k: likelihood.ode_log_likelihood(
       denoiser(sch), sch, x, None, k, steps=500, exact_trace=True, **kw))(

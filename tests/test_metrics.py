@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from diffusion_jax.metrics import frechet_distance
+from diffusion_jax.evaluation.frechet import frechet_distance
 
 
 def test_frechet_distance_of_gaussians_matches_closed_form():

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import conditions, samplers, schedules
+from diffusion_jax.conditioning import conditions
+from diffusion_jax.core import guidance, samplers, schedules
 from diffusion_jax.models.unet import Cond
 
 MU, STD = 0.3, 0.5
@@ -47,8 +48,8 @@ def mixture_denoiser(schedule):
 
 
 def draw(denoiser, sched_name, name, steps, grid, shape, **kw):
-  sch = schedules.get_schedule(sched_name)
-  cfg = samplers.SamplerConfig(name=name, num_steps=steps, grid=grid, clip_denoised=False,
+  sch = getattr(schedules, sched_name)()
+  cfg = samplers.SamplerConfig(sampler=name, num_steps=steps, grid=grid, clip_denoised=False,
                                lambda_max=80.0 if grid == "edm" else float("inf"), **kw)
   fn = jax.jit(lambda k: samplers.sample(denoiser(sch), sch, cfg, shape, None, k))
   return np.asarray(fn(jax.random.key(0)))
@@ -101,7 +102,7 @@ def test_ode_samplers_converge_at_their_order(name, order):
   key = jax.random.key(0)
   errors = []
   for n in (18, 36, 72):
-    cfg = samplers.SamplerConfig(name=name, num_steps=n, grid="edm", clip_denoised=False,
+    cfg = samplers.SamplerConfig(sampler=name, num_steps=n, grid="edm", clip_denoised=False,
                                  lambda_max=80.0)
     x = np.asarray(samplers.sample(gaussian_denoiser(sch), sch, cfg, (512, 1), None, key))
     t0 = samplers.time_grid(sch, n, "edm", 7.0, 1e-3, 1.0, 80.0)[0]
@@ -115,9 +116,9 @@ def test_ode_samplers_converge_at_their_order(name, order):
 
 
 def test_nfe_counts():
-  assert samplers.nfe(samplers.SamplerConfig(name="heun", num_steps=18)) == 35
-  assert samplers.nfe(samplers.SamplerConfig(name="pc", num_steps=500)) == 999
-  assert samplers.nfe(samplers.SamplerConfig(name="dpmpp_2m", num_steps=20)) == 20
+  assert samplers.nfe(samplers.SamplerConfig(sampler="heun", num_steps=18)) == 35
+  assert samplers.nfe(samplers.SamplerConfig(sampler="pc", num_steps=500)) == 999
+  assert samplers.nfe(samplers.SamplerConfig(sampler="dpmpp_2m", num_steps=20)) == 20
 
 
 def test_euler_is_ddim():
@@ -180,7 +181,7 @@ def test_guidance_arithmetic():
   cond = Cond(labels=jnp.arange(5))
   for w, want in [(0.0, 1.0), (1.0, 3.0), (2.0, 5.0), (4.0, 9.0)]:
     calls.clear()
-    out = samplers.guided(d, {"labels": w}, _null_labels)(x, t, cond)
+    out = guidance.guided(d, {"labels": w}, _null_labels)(x, t, cond)
     np.testing.assert_allclose(out, want)
     assert calls == ([5] if w == 1.0 else [10])
 
@@ -212,7 +213,7 @@ def test_guidance_per_condition():
   ]
   for scales, want, branches in cases:
     calls.clear()
-    out = samplers.guided(d, scales, _null_labels)(x, t, cond)
+    out = guidance.guided(d, scales, _null_labels)(x, t, cond)
     np.testing.assert_allclose(out, want, rtol=1e-6)
     assert calls == [n * branches]
 
@@ -237,6 +238,6 @@ def test_null_conditions_and_dropout():
 
 
 def test_unknown_sampler():
-  with pytest.raises(ValueError, match="unknown sampler 'heun9'"):
+  with pytest.raises(ValueError, match="sample.sampler='heun9' is unknown"):
     samplers.sample(lambda x, t, c: x, schedules.linear(),
-                    samplers.SamplerConfig(name="heun9"), (1, 1), None, jax.random.key(0))
+                    samplers.SamplerConfig(sampler="heun9"), (1, 1), None, jax.random.key(0))

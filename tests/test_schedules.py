@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import diffusion, schedules
+from diffusion_jax.core import diffusion, schedules
 
 
 def test_linear_reproduces_ddpm_alpha_bars():
@@ -21,14 +21,14 @@ def test_linear_reproduces_ddpm_alpha_bars():
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "vp", "linear_logsnr"])
 def test_variance_preserving(name):
-  sch = schedules.get_schedule(name)
+  sch = getattr(schedules, name)()
   t = jnp.linspace(0.0, 1.0, 2001)
   np.testing.assert_allclose(sch.alpha(t) ** 2 + sch.sigma(t) ** 2, 1.0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(schedules.SCHEDULES))
 def test_log_snr_is_consistent_and_strictly_decreasing(name):
-  sch = schedules.get_schedule(name)
+  sch = getattr(schedules, name)()
   t = jnp.linspace(1e-3, 0.99, 2001)
   a, s, l = (np.asarray(f(t), np.float64) for f in (sch.alpha, sch.sigma, sch.log_snr))
   assert np.all(np.diff(l) < 0), "log-SNR must decrease strictly"
@@ -67,7 +67,7 @@ def test_continuous_vp_is_the_limit_of_ddpm_betas():
 
 @pytest.mark.parametrize("name", sorted(schedules.SCHEDULES))
 def test_lambda_inverse_round_trips(name):
-  sch = schedules.get_schedule(name)
+  sch = getattr(schedules, name)()
   t_of = schedules.lambda_inverse(sch, 1e-3, 0.99)
   t = jnp.linspace(0.01, 0.98, 50)
   np.testing.assert_allclose(t_of(schedules.lam(sch, t)), t, atol=2e-4)
@@ -96,11 +96,14 @@ def test_linear_logsnr_is_vdms_fixed_schedule():
 
 
 def test_schedule_is_jittable_and_broadcasts():
-  sch = schedules.get_schedule("linear")
+  sch = schedules.linear()
   out = jax.jit(sch.alpha)(jnp.ones((3, 2)) * 0.5)
   assert out.shape == (3, 2)
 
 
 def test_unknown_schedule():
-  with pytest.raises(ValueError, match="unknown noise schedule 'nope'"):
-    schedules.get_schedule("nope")
+  from diffusion_jax.config import defaults
+  f = defaults.get_config().diffusion
+  f.schedule = "nope"
+  with pytest.raises(ValueError, match="diffusion.schedule='nope' is unknown; known: .*'vp'"):
+    schedules.from_config(f)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from configs import default
+from diffusion_jax.config import defaults as default
 from diffusion_jax.data import pipeline, shapes
 
 

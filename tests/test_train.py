@@ -8,8 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
-from diffusion_jax import diffusion, parallel, train, train_state
+from diffusion_jax.config import defaults as default
+from diffusion_jax.core import diffusion
+from diffusion_jax.models.unet import Cond
+from diffusion_jax.run import build, spec as spec_lib
+from diffusion_jax.training import mesh as mesh_lib
 from tests.conftest import ROOT, apply_overrides, tiny_overrides
 
 
@@ -19,11 +22,13 @@ def tiny_config(**extra):
 
 
 def setup(config, mesh=None):
-  mesh = mesh or parallel.make_mesh(1)
-  model, diff, tx = train.build(config)
-  init, key, _ = train._init_fns(config, model, tx, mesh)
-  step = train.make_step(config, model, diff, tx)
-  return model, diff, init(key), jax.jit(step), mesh
+  """The model, process, initial state and (jitted) train step the run builds."""
+  mesh = mesh or mesh_lib.make_mesh(1)
+  spec = spec_lib.parse(config, mesh.devices.size)
+  model, tx = build.model(spec), build.optimizer_of(spec)
+  init, key, _ = build.init_fns(spec, model, tx, mesh)
+  step = build.train_step(spec, model, tx)
+  return model, spec.diffusion, init(key), jax.jit(step), mesh
 
 
 def fake_batch(n=16, seed=0):
@@ -53,7 +58,7 @@ def test_tiny_model_overfits_one_batch():
 
   def eval_loss(params):
     apply = lambda x, t: model.apply({"params": params}, x, t,
-                                     train_state.Cond(labels=jnp.asarray(batch["label"])))
+                                     Cond(labels=jnp.asarray(batch["label"])))
     losses = [diffusion.denoising_loss(apply, diff, jnp.asarray(batch["image"]),
                                        jax.random.key(k))[0] for k in range(8)]
     return float(np.mean(losses))

@@ -8,6 +8,7 @@ embedding is all zeros is padding). B is the per-process batch. Image conditions
 (low-resolution, grayscale, masked inputs) are made from `image` in the train step.
 """
 
+import dataclasses
 import os
 from typing import Iterator, NamedTuple
 
@@ -16,18 +17,47 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from diffusion_jax.conditioning.tokenizer import Tokenizer, build_vocab, words
+from diffusion_jax.config.errors import ConfigError, require, section_values
 from diffusion_jax.data import digits as _digits  # Registers `sklearn_digits`.
 from diffusion_jax.data import photos as _photos  # Registers `photo_patches`.
 from diffusion_jax.data import shapes as _shapes  # Registers `shapes_captions`.
-from diffusion_jax.tokenizer import Tokenizer, build_vocab, words
 
 # Datasets the package ships: prepared on first use, with nothing downloaded.
 BUNDLED = {"sklearn_digits": _digits.SklearnDigits, "photo_patches": _photos.PhotoPatches,
            "shapes_captions": _shapes.ShapesCaptions}
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
   """A dataset that cannot be found or read as configured."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The `data` section: which dataset, which features, and at what size."""
+  name: str
+  data_dir: str
+  split: str
+  image_key: str
+  label_key: str
+  text_key: str
+  text_emb_key: str
+  image_size: int
+  channels: int
+  num_classes: int
+  random_flip: bool
+  shuffle_buffer: int
+  cache: bool
+
+  @classmethod
+  def from_config(cls, data_cfg) -> "DataConfig":
+    d = cls(**section_values(cls, data_cfg, "data"))
+    require(bool(d.name), "data.name is empty")
+    require(d.image_size > 0, f"data.image_size={d.image_size} must be > 0")
+    require(d.channels in (1, 3), f"data.channels={d.channels} must be 1 (gray) or 3 (RGB)")
+    require(d.num_classes >= 0, f"data.num_classes={d.num_classes} must be >= 0")
+    require(d.shuffle_buffer > 0, f"data.shuffle_buffer={d.shuffle_buffer} must be > 0")
+    return d
 
 
 def default_data_dir() -> str:
@@ -37,14 +67,19 @@ def default_data_dir() -> str:
 def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """The dataset's builder, checked to be usable offline. Writes nothing.
 
-  Bundled datasets may be unprepared (they are prepared by `prepare`); any other
-  dataset must already be prepared in `data_dir` (e.g. with `tfds build`).
+  Bundled datasets may be unprepared (they are prepared by `prepare`, in the default
+  data_dir or an existing one); any other dataset must already be prepared in
+  `data_dir` (e.g. with `tfds build`).
   """
-  data_dir = data_dir or default_data_dir()
   base = name.split(":")[0].split("/")[0]
   if base not in BUNDLED and base not in tfds.list_builders(with_community_datasets=False):
-    raise DataError(f"unknown dataset {name!r}: not a tfds dataset and not bundled "
-                    f"(bundled: {sorted(BUNDLED)})")
+    raise DataError(f"unknown dataset data.name={name!r}: not a tfds dataset and not "
+                    f"bundled (bundled: {sorted(BUNDLED)})")
+  if data_dir and not os.path.isdir(data_dir):
+    raise DataError(f"data.data_dir={data_dir!r} does not exist"
+                    + ("" if base in BUNDLED else f" (dataset {name!r} must be prepared "
+                       f"there first, e.g. `tfds build {base} --data_dir=...`)"))
+  data_dir = data_dir or default_data_dir()
   if base not in BUNDLED and not os.path.isdir(data_dir):
     raise DataError(f"data_dir {data_dir!r} does not exist (dataset {name!r} must be "
                     "prepared there first, e.g. `tfds build " + base + " --data_dir=...`)")
@@ -59,6 +94,54 @@ def prepare(builder: tfds.core.DatasetBuilder) -> None:
   """Prepares a bundled dataset in place the first time it is used."""
   if not builder.is_prepared():
     builder.download_and_prepare()
+
+
+def _split_size(builder: tfds.core.DatasetBuilder, split: str, field: str) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError, AssertionError):
+    raise DataError(f"{field}={split!r} is not a split of {builder.info.full_name} "
+                    f"(splits: {sorted(builder.info.splits)})") from None
+
+
+def check(data_cfg: DataConfig, splits: dict[str, tuple[str, int]],
+          text: str = "") -> tfds.core.DatasetBuilder:
+  """Checks the dataset against the config, before anything is compiled or written.
+
+  `splits` maps each split a run reads (the config field naming it -> the split) to
+  the fewest examples it must hold; `text` is the model's text mode ("tokens",
+  "embeddings" or ""). Prepares a bundled dataset the first time. Returns the builder.
+  """
+  builder = get_builder(data_cfg.name, data_cfg.data_dir or None)
+  prepare(builder)
+  features = builder.info.features
+  name = builder.info.full_name
+  want = {"data.image_key": data_cfg.image_key}
+  if data_cfg.num_classes:
+    want["data.label_key"] = data_cfg.label_key
+  if text == "tokens":
+    want["data.text_key"] = data_cfg.text_key
+  if text == "embeddings":
+    want["data.text_emb_key"] = data_cfg.text_emb_key
+  for field, key in want.items():
+    require(key in features, f"{field}={key!r} is not a feature of {name} "
+            f"(features: {sorted(features)})")
+  shape = features[data_cfg.image_key].shape
+  require(len(shape) == 3 and shape[-1] == data_cfg.channels,
+          f"data.channels={data_cfg.channels}, but {name}'s {data_cfg.image_key!r} images "
+          f"have shape {shape}")
+  if data_cfg.num_classes:
+    label = features[data_cfg.label_key]
+    n = getattr(label, "num_classes", None)
+    require(n is None or n <= data_cfg.num_classes,
+            f"data.num_classes={data_cfg.num_classes}, but {name}'s {data_cfg.label_key!r} "
+            f"has {n} classes: labels would fall outside the model's classes")
+  for field, (split, least) in splits.items():
+    size = _split_size(builder, split, field)
+    require(size > 0, f"{field}={split!r} of {name} is empty")
+    require(size >= least, f"{field}={split!r} of {name} has {size} examples; the run "
+            f"needs at least {least}")
+  return builder
 
 
 class TextSpec(NamedTuple):
@@ -143,6 +226,7 @@ def load_split_numpy(data_cfg, split: str, max_examples: int | None = None,
   `caption` (str) and `text_emb` where asked for; for evaluation and sampling inputs."""
   builder = get_builder(data_cfg.name, data_cfg.data_dir)
   prepare(builder)
+  _split_size(builder, split, "split")
   ds = builder.as_dataset(split=split, shuffle_files=False)
   if max_examples:
     ds = ds.take(max_examples)

@@ -11,7 +11,6 @@ default keeps the DDPM network, parameter for parameter.
 
 import dataclasses
 import math
-import typing
 from typing import Any, Optional
 
 import flax
@@ -19,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.config.errors import choice, finite, require, section_values
 from diffusion_jax.models import layers
 from diffusion_jax.models.text import Context, CrossAttnBlock, TextEncoder
 
@@ -87,16 +87,72 @@ class UNetConfig:
 
   @classmethod
   def from_config(cls, cfg: Any) -> "UNetConfig":
-    """From an ml_collections model section (unknown keys are an error)."""
-    d = dict(cfg)
-    for f in dataclasses.fields(cls):
-      if typing.get_origin(f.type) is tuple and f.name in d:
-        d[f.name] = tuple(int(v) for v in d[f.name])
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"unknown model config fields: {unknown}")
-    return cls(**d)
+    """From a config's `model` section, checked (ConfigError naming the field)."""
+    values = section_values(cls, cfg, "model")
+    for k, v in values.items():
+      if isinstance(v, tuple):
+        values[k] = tuple(int(x) for x in v)
+    config = cls(**values)
+    config.check()
+    return config
+
+  def check(self) -> None:
+    """Checks the fields that need no data: names, counts, divisibility."""
+    choice("model.dtype", self.dtype, DTYPES)
+    choice("model.embedding", self.embedding, EMBEDDINGS)
+    choice("model.progressive_input", self.progressive_input, ("none", *PROGRESSIVE_INPUTS))
+    choice("model.progressive", self.progressive, ("none", *PROGRESSIVES))
+    require(len(self.ch_mult) >= 1, "model.ch_mult must have at least one level")
+    require(self.ch > 0 and min(self.ch_mult) > 0 and self.num_res_blocks >= 0,
+            "model: ch and ch_mult must be > 0, num_res_blocks >= 0")
+    for ch in sorted({self.ch * k for k in self.ch_mult}):
+      require(ch % self.num_groups == 0,
+              f"model.num_groups={self.num_groups} does not divide the channel count {ch}")
+      require(not self.attn_resolutions or ch % self.num_heads == 0,
+              f"model.num_heads={self.num_heads} does not divide the channel count {ch}")
+    finite("model.dropout", self.dropout, 0, 1, high_open=True)
+    finite("model.fourier_scale", self.fourier_scale, 0, low_open=True)
+    require(len(self.resample_filter) >= 2 and sum(self.resample_filter) > 0,
+            f"model.resample_filter={self.resample_filter} needs at least two taps with a "
+            "positive sum, e.g. (1, 1) or (1, 3, 3, 1)")
+    uses_filter = (self.resblock_updown or self.progressive != "none"
+                   or self.progressive_input != "none")
+    require(uses_filter or self.resample_filter == (1, 1),
+            "model.resample_filter only acts with resblock_updown or a progressive path")
+    require(self.num_classes >= 0 and self.cond_image_channels >= 0,
+            "model.num_classes and cond_image_channels must be >= 0")
+    require(not (self.text_vocab_size and self.text_emb_dim),
+            "model.text_vocab_size and model.text_emb_dim are exclusive: text comes as "
+            "token ids or as precomputed embeddings")
+    require(not self.text or self.cross_attn_resolutions,
+            "a text model needs model.cross_attn_resolutions (where the U-Net reads the text)")
+    require(self.text or not self.cross_attn_resolutions,
+            "model.cross_attn_resolutions needs text (model.text_vocab_size or text_emb_dim)")
+    if self.text:
+      require(self.text_width % self.text_heads == 0 and self.text_max_len > 0
+              and self.text_layers >= 0,
+              "model: text_heads must divide text_width; text_max_len > 0; text_layers >= 0")
+    require(not self.cond_image_resolutions or self.cond_image_channels,
+            "model.cond_image_resolutions needs a conditioning image "
+            "(model.cond_image_channels > 0)")
+
+  def check_input(self, image_size: int, channels: int, num_classes: int) -> None:
+    """Checks the U-Net against the data it is given (the `data` section)."""
+    require(self.out_channels == channels,
+            f"model.out_channels={self.out_channels} != data.channels={channels}")
+    require(self.num_classes == num_classes,
+            f"model.num_classes={self.num_classes} != data.num_classes={num_classes}")
+    levels = len(self.ch_mult)
+    require(image_size % 2 ** (levels - 1) == 0,
+            f"data.image_size={image_size} is not divisible by 2^{levels - 1}: the U-Net's "
+            f"{levels} levels (model.ch_mult={self.ch_mult}) halve it {levels - 1} times")
+    res = resolutions(image_size, levels)
+    for field, allowed in (("attn_resolutions", res), ("cross_attn_resolutions", res),
+                           ("cond_image_resolutions", res[1:])):
+      bad = [r for r in getattr(self, field) if r not in allowed]
+      require(not bad, f"model.{field} {bad} are not "
+              f"{'lower ' if field.startswith('cond') else ''}feature-map sizes of this "
+              f"U-Net (image_size={image_size}, levels={levels}: sizes {allowed})")
 
 
 @flax.struct.dataclass
@@ -126,6 +182,9 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
 
+
+# Compute dtypes of the layers (parameters stay float32).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 EMBEDDINGS = {
     "positional": lambda t, cfg: timestep_embedding(t, cfg.ch),
@@ -206,7 +265,7 @@ def _input_residual(cfg: UNetConfig, pyramid: Array, h: Array) -> tuple[Array, A
 
 
 PROGRESSIVE_INPUTS = {"input_skip": _input_skip, "residual": _input_residual}
-PROGRESSIVES = ("none", "output_skip")
+PROGRESSIVES = ("output_skip",)  # Progressive output paths besides "none".
 
 
 class ProgressiveInput(nn.Module):

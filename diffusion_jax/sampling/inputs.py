@@ -14,14 +14,21 @@ import jax
 import numpy as np
 from PIL import Image
 
-from diffusion_jax import conditions, generate
+from diffusion_jax.conditioning import conditions
+from diffusion_jax.conditioning.tokenizer import Tokenizer, TokenizerError
+from diffusion_jax.config.errors import ConfigError
 from diffusion_jax.data import pipeline
-from diffusion_jax.models.unet import UNetConfig
-from diffusion_jax.tokenizer import Tokenizer, TokenizerError
 
 
-class InputError(ValueError):
+class InputError(ConfigError):
   """Conditions that do not fit the model: a clear message, nothing written."""
+
+
+def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
+  """Equal numbers of each class (as equal as num_samples allows), grouped by class."""
+  if not num_classes:
+    return np.zeros((num_samples,), np.int32)
+  return np.sort(np.arange(num_samples) % num_classes).astype(np.int32)
 
 
 class Given(NamedTuple):
@@ -90,13 +97,13 @@ def check_image_inputs(arrays: dict, want: dict, source: str) -> None:
     raise InputError(f"{source}: {list(arrays)} have different numbers of images")
 
 
-def gather(config, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dict]:
+def gather(spec, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dict]:
   """(inputs, record): the model's conditions for each sample ([-1, 1] floats, token
   ids, labels) and what to save beside the samples (uint8 images, prompts, labels,
-  reference images)."""
-  mcfg_text = UNetConfig.from_config(config.model).text
-  kind = config.cond.image
-  nc = config.data.num_classes
+  reference images). `spec` is the run's (diffusion_jax.run.spec.Spec)."""
+  mcfg_text = spec.model.text
+  kind = spec.cond.image
+  nc = spec.data.num_classes
   counts = {}
   if given.labels is not None:
     counts["--labels"] = len(given.labels)
@@ -104,6 +111,10 @@ def gather(config, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dic
     counts["prompts"] = len(given.prompts)
   if given.labels is not None and not nc:
     raise InputError("--labels given, but this model is not class-conditional")
+  if given.labels is not None:
+    bad = sorted({int(v) for v in given.labels if not 0 <= v < nc})
+    if bad:
+      raise InputError(f"labels {bad} are outside [0, {nc}) for this model")
   if given.prompts is not None and mcfg_text != "tokens":
     raise InputError("prompts given, but this model was not trained on text "
                      "(model.text_vocab_size = 0)")
@@ -113,12 +124,12 @@ def gather(config, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dic
 
   images = None
   if kind:
-    spec = conditions.IMAGE_CONDITIONS[kind]
-    want = spec.shapes(config.data.image_size, config.data.channels, config.cond)
+    spec_img = conditions.IMAGE_CONDITIONS[kind]
+    want = spec_img.shapes(spec.data.image_size, spec.data.channels, spec.cond)
     if given.images is not None:
       images = given.images
     elif given.cond_path:
-      raw = _read_cond_path(given.cond_path, spec.keys)
+      raw = _read_cond_path(given.cond_path, spec_img.keys)
       check_image_inputs(raw, want, f"--cond {given.cond_path}")
       images = {k: _to_float(v) for k, v in raw.items()}
       if "mask" in images:
@@ -128,17 +139,17 @@ def gather(config, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dic
 
   if len(set(counts.values())) > 1:
     raise InputError(f"the given conditions disagree on the number of samples: {counts}")
-  n = next(iter(counts.values())) if counts else config.sample.num_samples
+  n = next(iter(counts.values())) if counts else spec.sample_set.num_samples
 
   need_split_text = mcfg_text and given.prompts is None
   need_split_images = kind and images is None
   split = None
   if need_split_text or need_split_images:
     split = pipeline.load_split_numpy(
-        config.data, config.sample.cond_split, n, captions=mcfg_text == "tokens",
+        spec.data, spec.sample_set.cond_split, n, captions=mcfg_text == "tokens",
         text_emb=mcfg_text == "embeddings")
     if len(split["image"]) < n:
-      raise InputError(f"sample.cond_split={config.sample.cond_split!r} has only "
+      raise InputError(f"sample.cond_split={spec.sample_set.cond_split!r} has only "
                        f"{len(split['image'])} examples; {n} samples asked for")
 
   inputs, record = {}, {}
@@ -146,7 +157,7 @@ def gather(config, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dic
     labels = given.labels
     if labels is None:
       labels = (split["label"].astype(np.int32) if split is not None and "label" in split
-                else generate.balanced_labels(n, nc))
+                else balanced_labels(n, nc))
     inputs["label"] = record["labels"] = np.asarray(labels, np.int32)
   if mcfg_text == "tokens":
     prompts = given.prompts if given.prompts is not None else list(split["caption"])
@@ -161,8 +172,8 @@ def gather(config, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dic
   if kind:
     if images is None:
       x = _to_float(split["image"])
-      images = {k: np.asarray(v) for k, v in spec.degrade(
-          x, jax.random.key(config.sample.seed), config.cond).items()}
+      images = {k: np.asarray(v) for k, v in spec_img.degrade(
+          x, jax.random.key(spec.sample_set.seed), spec.cond).items()}
       record["reference"] = split["image"]
     inputs.update(images)
     for k, v in images.items():

@@ -16,28 +16,27 @@ integrate; DDIM is exactly its Euler step.
   dpmpp_2m    DPM-Solver++(2M), multistep (Lu et al. 2022)               NFE = N
 """
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import schedules as schedules_lib
-from diffusion_jax.conditions import GUIDED
-from diffusion_jax.diffusion import Denoiser, _derivs
-from diffusion_jax.models.unet import Cond
-from diffusion_jax.schedules import Schedule
+from diffusion_jax.config.errors import choice, finite, require
+from diffusion_jax.core import schedules as schedules_lib
+from diffusion_jax.core.parameterisation import Denoiser, derivatives
+from diffusion_jax.core.schedules import Schedule
 
 Array = jax.Array
 
 
-class SamplerConfig(NamedTuple):
-  name: str = "ddim"
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """How to integrate from the prior to data: the sampler fields of the `sample` section."""
+  sampler: str = "ddim"  # A name of SAMPLERS.
   num_steps: int = 100  # N: grid intervals (see the table above for NFE).
   eta: float = 0.0  # ddim noise.
-  guidance_scale: float = 1.0  # Class labels.
-  text_guidance_scale: float = 1.0
-  image_guidance_scale: float = 1.0
   clip_denoised: bool = True
   grid: str = "uniform"  # "uniform" in t, or "edm": lambda^(1/rho) uniform.
   rho: float = 7.0
@@ -51,18 +50,38 @@ class SamplerConfig(NamedTuple):
   churn_max: float = float("inf")
   churn_noise: float = 1.0  # EDM's S_noise.
   corrector_steps: int = 1  # pc: Langevin steps per time.
-  snr: float = 0.16  # pc: Langevin signal-to-noise ratio.
+  corrector_snr: float = 0.16  # pc: Langevin signal-to-noise ratio.
 
+  @classmethod
+  def from_config(cls, sample_cfg) -> "SamplerConfig":
+    """The sampler fields of a `sample` section, checked (ConfigError)."""
+    cfg = cls(**{f.name: sample_cfg[f.name] for f in dataclasses.fields(cls)})
+    choice("sample.sampler", cfg.sampler, SAMPLERS)
+    choice("sample.grid", cfg.grid, GRIDS)
+    min_steps = SAMPLERS[cfg.sampler].min_steps
+    require(cfg.num_steps >= min_steps,
+            f"sample.num_steps={cfg.num_steps}: sampler {cfg.sampler!r} needs >= {min_steps}")
+    require(0 < cfg.t_min < cfg.t_max <= 1, "sample: need 0 < t_min < t_max <= 1")
+    finite("sample.eta", cfg.eta, 0)
+    finite("sample.rho", cfg.rho, 0, low_open=True)
+    require(cfg.lambda_max > 0, "sample.lambda_max must be > 0 (inf = no cap)")
+    finite("sample.churn", cfg.churn, 0)
+    finite("sample.churn_noise", cfg.churn_noise, 0)
+    require(cfg.churn_min <= cfg.churn_max, "sample: need churn_min <= churn_max")
+    require(cfg.corrector_steps >= 0, "sample.corrector_steps must be >= 0")
+    finite("sample.corrector_snr", cfg.corrector_snr, 0, low_open=True)
+    return cfg
 
-def guidance_scales(cfg: SamplerConfig) -> dict:
-  return {"labels": cfg.guidance_scale, "text": cfg.text_guidance_scale,
-          "image": cfg.image_guidance_scale}
+  def check_schedule(self, schedule: Schedule) -> None:
+    """A discrete schedule has no more grid times than its own steps."""
+    n = schedule.num_steps
+    require(not n or self.num_steps <= n,
+            f"sample.num_steps={self.num_steps} exceeds diffusion.num_steps={n}")
 
 
 def nfe(cfg: SamplerConfig) -> int:
   """Denoiser evaluations per sample (a guided evaluation counts once)."""
-  n = cfg.num_steps
-  return {"heun": 2 * n - 1, "pc": n + cfg.corrector_steps * (n - 1)}.get(cfg.name, n)
+  return SAMPLERS[cfg.sampler].nfe(cfg)
 
 
 def time_grid(schedule: Schedule, num_steps: int, grid: str = "uniform", rho: float = 7.0,
@@ -77,27 +96,41 @@ def time_grid(schedule: Schedule, num_steps: int, grid: str = "uniform", rho: fl
     return _time_grid(schedule, num_steps, grid, rho, t_min, t_max)
 
 
+def _uniform_grid(schedule, num_steps, rho, t_min, t_max):
+  n = schedule.num_steps
+  if n:
+    idx = np.round(np.linspace(n, 0, num_steps + 1)).astype(np.int64)
+    return (idx / n).astype(np.float32)
+  return np.linspace(t_max, 0.0, num_steps + 1, dtype=np.float32)
+
+
+def _edm_grid(schedule, num_steps, rho, t_min, t_max):
+  n = schedule.num_steps
+  t_lo = 1.0 / n if n else t_min
+  lo, hi = (float(schedules_lib.lam(schedule, jnp.float32(v))) for v in (t_lo, t_max))
+  if num_steps == 1:
+    lams = np.array([hi])
+  else:
+    lams = (hi ** (1 / rho) + np.arange(num_steps) / (num_steps - 1)
+            * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+  ts = schedules_lib.t_for_lambda(schedule, lams, t_lo, t_max)
+  ts[0] = t_max  # Exactly.
+  return np.concatenate([ts, [0.0]]).astype(np.float32)
+
+
+# Time grids: (schedule, num_steps, rho, t_min, t_max) -> num_steps + 1 decreasing times.
+GRIDS: dict[str, Callable] = {
+    "uniform": _uniform_grid,  # Uniform in t (on the schedule's own steps if discrete).
+    "edm": _edm_grid,  # lambda^(1/rho) uniform (Karras et al.).
+}
+
+
 def _time_grid(schedule, num_steps, grid, rho, t_min, t_max):
   n = schedule.num_steps
-  if n and num_steps > n:
-    raise ValueError(f"{num_steps} sampling steps exceed the schedule's {n} discrete steps")
-  if grid == "uniform":
-    if n:
-      idx = np.round(np.linspace(n, 0, num_steps + 1)).astype(np.int64)
-      return (idx / n).astype(np.float32)
-    return np.linspace(t_max, 0.0, num_steps + 1, dtype=np.float32)
-  if grid == "edm":
-    t_lo = 1.0 / n if n else t_min
-    lo, hi = (float(schedules_lib.lam(schedule, jnp.float32(v))) for v in (t_lo, t_max))
-    if num_steps == 1:
-      lams = np.array([hi])
-    else:
-      lams = (hi ** (1 / rho) + np.arange(num_steps) / (num_steps - 1)
-              * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-    ts = schedules_lib.t_for_lambda(schedule, lams, t_lo, t_max)
-    ts[0] = t_max  # Exactly.
-    return np.concatenate([ts, [0.0]]).astype(np.float32)
-  raise ValueError(f"unknown time grid {grid!r}; known: ['edm', 'uniform']")
+  require(not n or num_steps <= n,
+          f"{num_steps} sampling steps exceed the schedule's {n} discrete steps")
+  choice("sample.grid", grid, GRIDS)
+  return GRIDS[grid](schedule, num_steps, rho, t_min, t_max)
 
 
 def _full(t, x):
@@ -130,7 +163,7 @@ def ddim_step(schedule: Schedule, x: Array, x0: Array, t: Array, s: Array, key: 
   return a_s * x0 + direction * eps + c * jax.random.normal(key, x.shape, x.dtype)
 
 
-def _one_step_sampler(step_fn):
+def one_step_sampler(step_fn):
   def run(denoise, schedule, grid, x, cond, key, cfg):
     times = jnp.asarray(grid)
 
@@ -203,7 +236,7 @@ def _sde_sampler(corrector: bool):
         # Norms averaged over the batch, as in score_sde: per-example ratios blow up
         # wherever a gradient is near zero, which is common in low dimensions.
         norm = lambda v: jnp.mean(jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1)))
-        step = 2.0 * (cfg.snr * norm(z) / jnp.maximum(norm(grad), 1e-12)) ** 2
+        step = 2.0 * (cfg.corrector_snr * norm(z) / jnp.maximum(norm(grad), 1e-12)) ** 2
         x = x + step * grad + jnp.sqrt(2.0 * step) * z
       return x
 
@@ -212,7 +245,7 @@ def _sde_sampler(corrector: bool):
       k_pred, k_corr = jax.random.split(jax.random.fold_in(key, i))
       if corrector:
         x = langevin(x, t, k_corr)
-      a, sig, da, dsig = _derivs(schedule, t)
+      a, sig, da, dsig = derivatives(schedule, t)
       f = da / a
       g2 = 2.0 * sig * dsig - 2.0 * f * sig * sig
       score = _score(schedule, x, denoise(x, _full(t, x), cond), t)
@@ -245,63 +278,40 @@ def _dpmpp_2m(denoise, schedule, grid, x, cond, key, cfg):
   return denoise(x, _full(times[n - 1], x), cond)
 
 
-SAMPLERS: dict[str, Callable] = {
-    "ddpm": _one_step_sampler(ddpm_step),
-    "ddim": _one_step_sampler(ddim_step),
-    "euler": _ode_sampler(second_order=False),
-    "heun": _ode_sampler(second_order=True),
-    "em": _sde_sampler(corrector=False),
-    "pc": _sde_sampler(corrector=True),
-    "dpmpp_2m": _dpmpp_2m,
+class Sampler(NamedTuple):
+  """A sampling loop (denoise, schedule, grid, x, cond, key, cfg) -> x_0, the fewest
+  grid steps it takes, and its denoiser evaluations for a config."""
+  run: Callable
+  min_steps: int = 1
+  nfe: Callable[[SamplerConfig], int] = lambda cfg: cfg.num_steps
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler(one_step_sampler(ddpm_step)),
+    "ddim": Sampler(one_step_sampler(ddim_step)),
+    "euler": Sampler(_ode_sampler(second_order=False), 2),
+    "heun": Sampler(_ode_sampler(second_order=True), 2, lambda c: 2 * c.num_steps - 1),
+    "em": Sampler(_sde_sampler(corrector=False), 2),
+    "pc": Sampler(_sde_sampler(corrector=True), 2,
+                  lambda c: c.num_steps + c.corrector_steps * (c.num_steps - 1)),
+    "dpmpp_2m": Sampler(_dpmpp_2m, 2),
 }
-
-
-def guided(denoise: Denoiser, scales: dict, null: Callable[[Cond, str], Cond]) -> Denoiser:
-  """Classifier-free guidance with one scale per condition.
-
-  With the guided conditions c_1..c_K (those whose scale w_k != 1, in the order of
-  conditions.GUIDED) and D_k the denoiser given c_1..c_k (the later ones nulled),
-    D = D_0 + sum_k w_k (D_k - D_{k-1}).
-  One condition gives the usual D_u + w (D_c - D_u); all scales 1 give D_K = D; for
-  image + text it is InstructPix2Pix's rule. Because x0, eps and the score are affine
-  in each other at fixed (x_t, t), guiding x0_hat is the same as guiding eps. The K + 1
-  branches run as one batch. `null(cond, name)` replaces a condition by its null.
-  """
-  active = [k for k in GUIDED if scales.get(k, 1.0) != 1.0]
-  if not active:
-    return denoise
-
-  def d(x, t, cond: Cond):
-    branches = []
-    for k in range(len(active) + 1):
-      c = cond
-      for name in active[k:]:
-        c = null(c, name)
-      branches.append(c)
-    n = len(branches)
-    stacked = jax.tree.map(lambda *v: jnp.concatenate(v), *branches)
-    outs = jnp.split(denoise(jnp.concatenate([x] * n), jnp.concatenate([t] * n), stacked), n)
-    out = outs[0]
-    for k, name in enumerate(active):
-      out = out + scales[name] * (outs[k + 1] - outs[k])
-    return out
-  return d
 
 
 def sample(denoise: Denoiser, schedule: Schedule, cfg: SamplerConfig, shape: tuple,
            cond, key: Array) -> Array:
   """Draws samples of `shape` from the prior at t_max down to t = 0."""
-  if cfg.name not in SAMPLERS:
-    raise ValueError(f"unknown sampler {cfg.name!r}; known: {sorted(SAMPLERS)}")
+  choice("sample.sampler", cfg.sampler, SAMPLERS)
+  sampler = SAMPLERS[cfg.sampler]
+  require(cfg.num_steps >= sampler.min_steps,
+          f"sampler {cfg.sampler!r} needs at least {sampler.min_steps} steps")
   times = time_grid(schedule, cfg.num_steps, cfg.grid, cfg.rho, cfg.t_min, cfg.t_max,
                     cfg.lambda_max)
-  if cfg.name in ("heun", "euler", "em", "pc", "dpmpp_2m") and len(times) < 3:
-    raise ValueError(f"sampler {cfg.name!r} needs at least 2 steps")
   if cfg.clip_denoised:
     inner = denoise
     denoise = lambda x, t, c: jnp.clip(inner(x, t, c), -1.0, 1.0)
   prior_key, loop_key = jax.random.split(key)
   # The prior: x_0's contribution alpha(t_max) x_0 is negligible next to sigma(t_max).
   x = schedule.sigma(times[0]) * jax.random.normal(prior_key, shape, jnp.float32)
-  x = SAMPLERS[cfg.name](denoise, schedule, times, x, cond, loop_key, cfg)
+  x = sampler.run(denoise, schedule, times, x, cond, loop_key, cfg)
   return jnp.clip(x, -1.0, 1.0) if cfg.clip_denoised else x

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from diffusion_jax.config.errors import require
+
 DATA_AXIS = "data"
 
 
@@ -29,14 +31,14 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch(global_batch: int, mesh: Mesh, what: str = "batch size") -> None:
-  n = mesh.devices.size
-  if global_batch % n:
-    raise ValueError(f"{what} {global_batch} is not divisible by the {n} devices "
-                     f"of the mesh")
-  if global_batch % jax.process_count():
-    raise ValueError(f"{what} {global_batch} is not divisible by the "
-                     f"{jax.process_count()} processes")
+def check_batch(global_batch: int, num_devices: int, field: str) -> None:
+  """A global batch (the config field `field`) must split evenly over devices and
+  processes."""
+  require(global_batch > 0, f"{field}={global_batch} must be > 0")
+  require(global_batch % num_devices == 0,
+          f"{field}={global_batch} is not divisible by the {num_devices} devices")
+  require(global_batch % jax.process_count() == 0,
+          f"{field}={global_batch} is not divisible by the {jax.process_count()} processes")
 
 
 def global_batch(local: dict, mesh: Mesh) -> dict:

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import schedules as schedules_lib
-from diffusion_jax.diffusion import Denoiser
-from diffusion_jax.schedules import Schedule
+from diffusion_jax.core import schedules as schedules_lib
+from diffusion_jax.core.parameterisation import Denoiser
+from diffusion_jax.core.schedules import Schedule
 
 Array = jax.Array
 HALF_BIN = 1.0 / 255.0  # Half the width of a uint8 bin in [-1, 1].

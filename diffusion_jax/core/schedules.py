@@ -17,11 +17,13 @@ VP schedules compute alpha and sigma from log_snr (alpha^2 = sigmoid(log_snr)),
 which keeps both accurate at the ends where 1 - alpha^2 loses precision.
 """
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffusion_jax.config.errors import choice, finite, require
 
 Array = jax.Array
 ScalarFn = Callable[[Array], Array]
@@ -147,40 +149,80 @@ def flow(t_max: float = 0.999) -> Schedule:
                   log_snr=lambda t: 2.0 * (jnp.log1p(-clip(t)) - jnp.log(clip(t))))
 
 
-SCHEDULES: dict[str, Callable[..., Schedule]] = {
-    "linear": linear,
-    "cosine": cosine,
-    "vp": vp,
-    "subvp": subvp,
-    "linear_logsnr": linear_logsnr,
-    "ve": ve,
-    "edm": edm,
-    "flow": flow,
+def _discrete_or_continuous(f, name: str, discrete: bool | None) -> None:
+  """discrete: True (defined by discrete steps), False (continuous only), None (either)."""
+  finite("diffusion.num_steps", f.num_steps, 0)
+  if discrete:
+    require(f.num_steps > 0, f"diffusion.schedule={name!r} is defined by its discrete steps: "
+            "diffusion.num_steps must be > 0")
+  elif discrete is False:
+    require(f.num_steps == 0, f"diffusion.num_steps={f.num_steps}: schedule {name!r} is "
+            "continuous-time; set diffusion.num_steps=0")
+
+
+def _linear_from(f) -> Schedule:
+  _discrete_or_continuous(f, "linear", True)
+  require(0 < f.beta_start < f.beta_end < 1, "diffusion: need 0 < beta_start < beta_end < 1")
+  return linear(f.beta_start, f.beta_end, f.num_steps)
+
+
+def _cosine_from(f) -> Schedule:
+  _discrete_or_continuous(f, "cosine", None)
+  finite("diffusion.cosine_s", f.cosine_s, 0, low_open=True)
+  return cosine(f.cosine_s, f.num_steps)
+
+
+def _vp_from(f, fn) -> Schedule:
+  _discrete_or_continuous(f, fn.__name__, False)
+  require(0 < f.beta_min < f.beta_max, "diffusion: need 0 < beta_min < beta_max")
+  return fn(f.beta_min, f.beta_max)
+
+
+def _linear_logsnr_from(f) -> Schedule:
+  _discrete_or_continuous(f, "linear_logsnr", False)
+  require(f.log_snr_min < f.log_snr_max, "diffusion: need log_snr_min < log_snr_max")
+  return linear_logsnr(f.log_snr_max, f.log_snr_min)
+
+
+def _sigmas_from(f, name: str) -> None:
+  _discrete_or_continuous(f, name, False)
+  require(0 < f.sigma_min < f.sigma_max, "diffusion: need 0 < sigma_min < sigma_max")
+
+
+def _ve_from(f) -> Schedule:
+  _sigmas_from(f, "ve")
+  return ve(f.sigma_min, f.sigma_max)
+
+
+def _edm_from(f) -> Schedule:
+  _sigmas_from(f, "edm")
+  finite("diffusion.rho", f.rho, 0, low_open=True)
+  return edm(f.sigma_min, f.sigma_max, f.rho)
+
+
+def _flow_from(f) -> Schedule:
+  _discrete_or_continuous(f, "flow", False)
+  return flow()
+
+
+# Each process by name: builds it from the config's `diffusion` section, checking the
+# fields it reads.
+SCHEDULES: dict[str, Callable[[Any], Schedule]] = {
+    "linear": _linear_from,
+    "cosine": _cosine_from,
+    "vp": lambda f: _vp_from(f, vp),
+    "subvp": lambda f: _vp_from(f, subvp),
+    "linear_logsnr": _linear_logsnr_from,
+    "ve": _ve_from,
+    "edm": _edm_from,
+    "flow": _flow_from,
 }
 
 
-def get_schedule(name: str, **kwargs) -> Schedule:
-  if name not in SCHEDULES:
-    raise ValueError(f"unknown noise schedule {name!r}; known: {sorted(SCHEDULES)}")
-  return SCHEDULES[name](**kwargs)
-
-
 def from_config(diffusion_cfg) -> Schedule:
-  """The schedule a config's `diffusion` section describes."""
-  f = diffusion_cfg
-  builders = {
-      "linear": lambda: linear(f.beta_start, f.beta_end, f.num_steps),
-      "cosine": lambda: cosine(f.cosine_s, f.num_steps),
-      "vp": lambda: vp(f.beta_min, f.beta_max),
-      "subvp": lambda: subvp(f.beta_min, f.beta_max),
-      "linear_logsnr": lambda: linear_logsnr(f.log_snr_max, f.log_snr_min),
-      "ve": lambda: ve(f.sigma_min, f.sigma_max),
-      "edm": lambda: edm(f.sigma_min, f.sigma_max, f.rho),
-      "flow": lambda: flow(),
-  }
-  if f.schedule not in builders:
-    raise ValueError(f"unknown noise schedule {f.schedule!r}; known: {sorted(builders)}")
-  return builders[f.schedule]()
+  """The schedule a config's `diffusion` section describes (ConfigError if it can't)."""
+  choice("diffusion.schedule", diffusion_cfg.schedule, SCHEDULES)
+  return SCHEDULES[diffusion_cfg.schedule](diffusion_cfg)
 
 
 def lam(schedule: Schedule, t):

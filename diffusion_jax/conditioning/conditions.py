@@ -15,19 +15,21 @@ device, from the step's key) and turned into the U-Net's concatenated input by
 `model_image`; sampling takes the same user-facing forms from files or a dataset.
 """
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.config.errors import choice, finite, require, section_values
 from diffusion_jax.models.layers import area_downsample
 from diffusion_jax.models.unet import Cond, UNetConfig
 
-__all__ = ["GUIDED", "IMAGE_CONDITIONS", "NO_IMAGE", "area_downsample", "box_masks", "drop",
-           "luminance", "make_cond", "null", "upsample"]
+__all__ = ["CondConfig", "GUIDED", "IMAGE_CONDITIONS", "NO_IMAGE", "box_masks",
+           "check_guidance", "drop", "dropout_rates", "guidance_scales", "luminance",
+           "make_cond", "null", "upsample"]
 
 Array = jax.Array
-GUIDED = ("image", "labels", "text")  # Guidance nests conditions in this order.
 
 
 def upsample(x: Array, size: int) -> Array:
@@ -55,6 +57,8 @@ def box_masks(key: Array, batch: int, size: int, lo: float = 0.3, hi: float = 0.
 
 class ImageCondition(NamedTuple):
   keys: tuple[str, ...]  # The batch entries holding this condition.
+  # (cond_cfg, image_size, channels) -> None; ConfigError for values it can't use.
+  check: Callable
   degrade: Callable  # (x, key, cond_cfg) -> {key: array}, from clean images x.
   model_image: Callable  # ({key: array}, image_size) -> (B, H, W, k).
   channels: Callable  # data channels -> k.
@@ -67,6 +71,9 @@ class ImageCondition(NamedTuple):
 IMAGE_CONDITIONS = {
     "sr": ImageCondition(
         keys=("lowres",),
+        check=lambda c, size, ch: require(
+            c.sr_factor >= 2 and size % c.sr_factor == 0,
+            f"cond.sr_factor={c.sr_factor} must be >= 2 and divide data.image_size={size}"),
         degrade=lambda x, key, c: {"lowres": area_downsample(x, c.sr_factor)},
         model_image=lambda b, size: upsample(b["lowres"], size),
         channels=lambda ch: ch,
@@ -76,6 +83,8 @@ IMAGE_CONDITIONS = {
             b["lowres"] - area_downsample(x, c.sr_factor), c.sr_factor, 1), c.sr_factor, 2)),
     "gray": ImageCondition(
         keys=("gray",),
+        check=lambda c, size, ch: require(
+            ch == 3, f"cond.image='gray' (colourisation) needs RGB data; data.channels={ch}"),
         degrade=lambda x, key, c: {"gray": luminance(x)},
         model_image=lambda b, size: b["gray"],
         channels=lambda ch: 1,
@@ -84,6 +93,8 @@ IMAGE_CONDITIONS = {
         project=lambda x, b, c: x + (b["gray"] - luminance(x))),
     "inpaint": ImageCondition(
         keys=("masked", "mask"),
+        check=lambda c, size, ch: require(
+            0 < c.hole_min <= c.hole_max < 1, "cond: need 0 < hole_min <= hole_max < 1"),
         degrade=lambda x, key, c: _inpaint_inputs(x, box_masks(
             key, x.shape[0], x.shape[1], c.hole_min, c.hole_max)),
         model_image=lambda b, size: jnp.concatenate([b["masked"] * b["mask"], b["mask"]], -1),
@@ -97,11 +108,33 @@ def _inpaint_inputs(x, mask):
   return {"masked": x * mask, "mask": mask}
 
 
-class _NoImage(NamedTuple):
-  image: str = ""
+@dataclasses.dataclass(frozen=True)
+class CondConfig:
+  """The `cond` section: which image condition a model takes, and its parameters."""
+  image: str = ""  # "" or a name of IMAGE_CONDITIONS.
+  sr_factor: int = 4
+  hole_min: float = 0.3
+  hole_max: float = 0.6
+
+  @classmethod
+  def from_config(cls, cond_cfg) -> "CondConfig":
+    config = cls(**section_values(cls, cond_cfg, "cond"))
+    choice("cond.image", config.image, ("", *IMAGE_CONDITIONS), " ('' = none)")
+    return config
+
+  def check_model(self, model_cfg: UNetConfig, image_size: int, channels: int) -> None:
+    """The image condition against the data and the U-Net's conditioning input."""
+    want = 0
+    if self.image:
+      spec = IMAGE_CONDITIONS[self.image]
+      spec.check(self, image_size, channels)
+      want = spec.channels(channels)
+    require(model_cfg.cond_image_channels == want,
+            f"model.cond_image_channels={model_cfg.cond_image_channels}, but "
+            f"cond.image={self.image!r} gives {want} channels")
 
 
-NO_IMAGE = _NoImage()  # A `cond` config section with no image condition.
+NO_IMAGE = CondConfig()  # No image condition.
 
 
 def make_cond(model_cfg: UNetConfig, cond_cfg, batch: dict, image_size: int) -> Cond:
@@ -115,25 +148,82 @@ def make_cond(model_cfg: UNetConfig, cond_cfg, batch: dict, image_size: int) -> 
               text_mask=batch.get("text_mask") if model_cfg.text == "embeddings" else None)
 
 
-def null(cond: Cond, which: str, null_label: int, where: Array | None = None) -> Cond:
-  """`cond` with one condition ("labels", "text" or "image") replaced by its null
-  (the null label, the empty prompt, an all-zero image), where `where` (B,) is True
-  (everywhere if None)."""
-  def sel(null_value, value):
-    if where is None:
-      return jnp.broadcast_to(null_value, value.shape).astype(value.dtype)
-    w = where.reshape(where.shape + (1,) * (value.ndim - 1))
-    return jnp.where(w, null_value, value).astype(value.dtype)
+def _select(null_value, value, where):
+  if where is None:
+    return jnp.broadcast_to(null_value, value.shape).astype(value.dtype)
+  w = where.reshape(where.shape + (1,) * (value.ndim - 1))
+  return jnp.where(w, null_value, value).astype(value.dtype)
 
-  if which == "labels" and cond.labels is not None:
-    return cond.replace(labels=sel(null_label, cond.labels))
-  if which == "text" and cond.tokens is not None:
-    return cond.replace(tokens=sel(0, cond.tokens))
-  if which == "text" and cond.text_emb is not None:
-    return cond.replace(text_emb=sel(0.0, cond.text_emb), text_mask=sel(False, cond.text_mask))
-  if which == "image" and cond.image is not None:
-    return cond.replace(image=sel(0.0, cond.image))
+
+def _null_labels(cond: Cond, where, null_label: int) -> Cond:
+  if cond.labels is None:
+    return cond
+  return cond.replace(labels=_select(null_label, cond.labels, where))
+
+
+def _null_text(cond: Cond, where, null_label: int) -> Cond:
+  if cond.tokens is not None:
+    return cond.replace(tokens=_select(0, cond.tokens, where))
+  if cond.text_emb is not None:
+    return cond.replace(text_emb=_select(0.0, cond.text_emb, where),
+                        text_mask=_select(False, cond.text_mask, where))
   return cond
+
+
+def _null_image(cond: Cond, where, null_label: int) -> Cond:
+  if cond.image is None:
+    return cond
+  return cond.replace(image=_select(0.0, cond.image, where))
+
+
+class Guided(NamedTuple):
+  """A condition that classifier-free guidance can drop (training) and null (sampling)."""
+  null: Callable  # (cond, where, null_label) -> cond with this condition nulled where True.
+  dropout_field: str  # training.<field>: probability it is dropped in training.
+  guidance_field: str  # sample.<field>: its guidance scale.
+  present: Callable[[UNetConfig], bool]  # Whether a model takes it.
+  what: str  # For messages.
+
+
+# The guided conditions, in the order guidance nests them (image first, as
+# InstructPix2Pix). Their nulls: an all-zero image, the null label, the empty prompt.
+GUIDED: dict[str, Guided] = {
+    "image": Guided(_null_image, "image_dropout", "image_guidance_scale",
+                    lambda m: m.cond_image_channels > 0, "an image condition"),
+    "labels": Guided(_null_labels, "label_dropout", "guidance_scale",
+                     lambda m: m.num_classes > 0, "class labels (data.num_classes > 0)"),
+    "text": Guided(_null_text, "text_dropout", "text_guidance_scale",
+                   lambda m: bool(m.text), "text"),
+}
+
+
+def null(cond: Cond, which: str, null_label: int, where: Array | None = None) -> Cond:
+  """`cond` with one condition (a name of GUIDED) replaced by its null, where
+  `where` (B,) is True (everywhere if None)."""
+  return GUIDED[which].null(cond, where, null_label)
+
+
+def guidance_scales(sample_cfg) -> dict[str, float]:
+  """Each guided condition's scale from the `sample` section, in nesting order."""
+  return {name: float(sample_cfg[g.guidance_field]) for name, g in GUIDED.items()}
+
+
+def dropout_rates(training_cfg) -> dict[str, float]:
+  """Each guided condition's dropout probability from the `training` section."""
+  return {name: float(training_cfg[g.dropout_field]) for name, g in GUIDED.items()}
+
+
+def check_guidance(training_cfg, sample_cfg, model_cfg: UNetConfig) -> None:
+  """Dropout needs the condition; a scale other than 1 needs its unconditional branch."""
+  for g in GUIDED.values():
+    rate, scale = training_cfg[g.dropout_field], sample_cfg[g.guidance_field]
+    finite(f"training.{g.dropout_field}", rate, 0, 1, high_open=True)
+    require(rate == 0 or g.present(model_cfg),
+            f"training.{g.dropout_field}={rate} needs a model with {g.what}")
+    finite(f"sample.{g.guidance_field}", scale, 0)
+    require(scale == 1.0 or (g.present(model_cfg) and rate > 0),
+            f"sample.{g.guidance_field}={scale} needs a model with {g.what} trained with "
+            f"training.{g.dropout_field} > 0 (its unconditional branch)")
 
 
 def drop(cond: Cond, key: Array, rates: dict, null_label: int) -> Cond:

@@ -1,0 +1,175 @@
+"""Every field of a diffusion_jax run, with its meaning. Experiment configs start here.
+
+The defaults are the CPU digits demo (configs/digits.py gives its command and result).
+Fields that name an option take a name of the registry that defines it; docs/ lists
+each registry's names and what they mean.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Base PRNG seed: parameter init, per-step noise, data order.
+
+  # --- Data: any tfds dataset, or one bundled with the package.
+  c.data = d = ml_collections.ConfigDict()
+  d.name = "sklearn_digits"  # tfds name ("cifar10", ...) or one of data.pipeline.BUNDLED.
+  d.data_dir = ""  # tfds data_dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  d.split = "train"  # tfds split expression, sharded across JAX processes.
+  d.image_key = "image"  # Feature holding the image.
+  d.label_key = "label"  # Feature holding the class label (used if num_classes > 0).
+  d.text_key = "caption"  # Feature holding captions (used if model.text_vocab_size > 0).
+  d.text_emb_key = "text_emb"  # Feature of precomputed (L, D) embeddings (model.text_emb_dim > 0).
+  d.image_size = 8  # Images are resized (area) to image_size x image_size if needed.
+  d.channels = 1  # Image channels (1 grayscale, 3 RGB).
+  d.num_classes = 10  # Classes for conditioning; 0 = unconditional.
+  d.random_flip = False  # Random horizontal flips (not for digits: they change meaning).
+  d.shuffle_buffer = 2048  # Examples in the shuffle buffer (saved with checkpoints).
+  d.cache = True  # Cache decoded examples in memory (small datasets only).
+
+  # --- Model: the U-Net (diffusion_jax.models.UNetConfig).
+  c.model = m = ml_collections.ConfigDict()
+  m.ch = 32  # Base channel count.
+  m.ch_mult = (1, 2)  # Channel multiplier per resolution level; len = number of levels.
+  m.num_res_blocks = 2  # Residual blocks per level (the up path has one more).
+  m.attn_resolutions = (4,)  # Feature-map sizes (pixels) that get self-attention.
+  m.num_heads = 1  # Attention heads.
+  m.dropout = 0.1  # Dropout in residual blocks.
+  m.num_groups = 8  # GroupNorm groups; must divide every channel count.
+  m.scale_shift_norm = False  # ADM-style time-embedding scale/shift of the norm.
+  m.num_classes = d.get_ref("num_classes")  # Label embedding size (+1 null label).
+  m.out_channels = d.get_ref("channels")  # Output channels = image channels.
+  m.cond_image_channels = 0  # Channels of the conditioning image (see cond.image); 0 = none.
+  m.cond_image_resolutions = ()  # Lower feature-map sizes that also get the cond. image.
+  m.text_vocab_size = 0  # Text as token ids: embedding rows (>= words + 1); 0 = no tokens.
+  m.text_max_len = 16  # Most tokens in a prompt.
+  m.text_width = 64  # Text encoder and cross-attention context width.
+  m.text_layers = 2  # Transformer layers of the jointly trained text encoder.
+  m.text_heads = 4  # Its attention heads.
+  m.text_emb_dim = 0  # Text as precomputed embeddings of this width; 0 = none.
+  m.cross_attn_resolutions = ()  # Feature-map sizes with cross-attention to the text.
+  m.dtype = "float32"  # Compute dtype of the layers (models.unet.DTYPES; bfloat16 on TPU).
+  # Architecture options of score_sde (DDPM++/NCSN++), EDM and VDM; the defaults are DDPM's.
+  m.embedding = "positional"  # Time embedding (models.unet.EMBEDDINGS).
+  m.fourier_scale = 16.0  # fourier: std of the random frequencies (applied to t in [0, 1]).
+  m.resblock_updown = False  # BigGAN-style residual blocks do the down/upsampling.
+  m.resample_filter = (1, 1)  # FIR taps of those blocks and progressive paths; (1, 3, 3, 1) = FIR.
+  m.skip_rescale = False  # Scale residual and attention sums by 1/sqrt(2).
+  m.up_attn_once = False  # Up path: one attention per level (score_sde, EDM), not per block.
+  m.progressive_input = "none"  # Input pyramid (NCSN++): "none" or models.unet.PROGRESSIVE_INPUTS.
+  m.progressive = "none"  # Output pyramid (NCSN++): "none" or models.unet.PROGRESSIVES.
+  m.input_fourier = ()  # VDM: exponents k of sin/cos(2^k 2 pi x) input features; () = none.
+
+  # --- Image conditions, made from the clean image (training) or given (sampling).
+  c.cond = k = ml_collections.ConfigDict()
+  # "" none, or a name of conditioning.conditions.IMAGE_CONDITIONS (super-resolution,
+  # colourisation, inpainting: docs/conditioning.md).
+  k.image = ""
+  k.sr_factor = 4  # sr: the input is image_size / sr_factor pixels wide.
+  k.hole_min = 0.3  # inpaint: the hole's sides are uniform in [hole_min, hole_max]
+  k.hole_max = 0.6  #   of the image side, at a random position.
+
+  # --- Diffusion: the forward process and what the network predicts.
+  c.diffusion = f = ml_collections.ConfigDict()
+  f.schedule = "linear"  # Process: core.schedules.SCHEDULES (docs/processes.md)
+  f.num_steps = 1000  # Discrete steps T (times i/T) for linear/cosine; 0 = continuous time.
+  f.beta_start = 1e-4  # linear: first beta.
+  f.beta_end = 0.02  # linear: last beta.
+  f.cosine_s = 0.008  # cosine: offset s of Nichol & Dhariwal.
+  f.beta_min = 0.1  # vp, subvp: beta(0) of score_sde's SDE.
+  f.beta_max = 20.0  # vp, subvp: beta(1).
+  f.log_snr_max = 13.3  # linear_logsnr: log-SNR at t = 0 (VDM: -gamma_min).
+  f.log_snr_min = -5.0  # linear_logsnr: log-SNR at t = 1 (VDM: -gamma_max).
+  f.sigma_min = 0.002  # ve, edm: smallest noise level.
+  f.sigma_max = 80.0  # ve, edm: largest noise level.
+  f.rho = 7.0  # edm: warp of the sigma grid.
+  f.prediction = "eps"  # Network target: core.parameterisation.PREDICTIONS.
+  f.sigma_data = 0.5  # edm target and weighting: the data's standard deviation.
+  f.weighting = "simple"  # Loss weighting: core.diffusion.WEIGHTINGS.
+  f.min_snr_gamma = 5.0  # min_snr: gamma.
+  f.time_sampling = "uniform"  # Training times: core.diffusion.TIME_SAMPLING.
+  f.t_min = 1e-5  # Continuous time: smallest training time.
+  f.p_mean = -1.2  # lognormal: mean of log lambda (lambda = sigma / alpha).
+  f.p_std = 1.2  # lognormal: std of log lambda.
+
+  # --- Training.
+  c.training = t = ml_collections.ConfigDict()
+  t.batch_size = 64  # Global batch, split over all devices of all processes.
+  t.num_steps = 3000  # Total optimizer steps.
+  t.label_dropout = 0.1  # Probability a label is replaced by the null label (CFG).
+  t.text_dropout = 0.0  # Probability a caption is replaced by the empty prompt (CFG).
+  t.image_dropout = 0.0  # Probability the conditioning image is zeroed (CFG).
+  t.ema_decay = 0.999  # EMA of the parameters, used for sampling.
+  t.log_every = 100  # Steps between metric logs (stdout and TensorBoard).
+  t.checkpoint_every = 1000  # Steps between checkpoints (and one at the end).
+  t.keep_checkpoints = 3  # Checkpoints kept; older ones are deleted.
+  t.sample_at_end = True  # Write a sample set when training finishes.
+
+  # --- Optimizer: AdamW with warmup and global-norm clipping.
+  c.optim = o = ml_collections.ConfigDict()
+  o.lr = 2e-3  # Peak learning rate.
+  o.warmup_steps = 200  # Linear warmup from 0.
+  o.lr_schedule = "cosine"  # After warmup: training.optimizer.LR_SCHEDULES.
+  o.grad_clip = 1.0  # Clip the gradient's global norm; 0 = off.
+  o.weight_decay = 0.0  # Decoupled weight decay.
+  o.b1 = 0.9  # Adam beta1.
+  o.b2 = 0.999  # Adam beta2.
+  o.eps = 1e-8  # Adam epsilon.
+
+  # --- Sampling (end of training and --mode=sample), from the EMA parameters.
+  c.sample = s = ml_collections.ConfigDict()
+  s.sampler = "ddim"  # core.samplers.SAMPLERS (docs/processes.md gives their NFE).
+  s.num_steps = 100  # Grid steps N (NFE = N; heun 2N - 1; pc N + corrector_steps (N - 1)).
+  s.grid = "uniform"  # Time grid: core.samplers.GRIDS.
+  s.rho = 7.0  # edm grid: warp.
+  s.t_min = 1e-3  # Continuous time: last nonzero time of the grid.
+  s.t_max = 1.0  # First time of the grid.
+  s.lambda_max = float("inf")  # Start no noisier than sigma/alpha = lambda_max (EDM: 80).
+  s.eta = 0.0  # DDIM noise: 0 deterministic, 1 = DDPM posterior.
+  s.churn = 0.0  # euler/heun: EDM's S_churn (stochasticity); 0 = deterministic.
+  s.churn_min = 0.0  # Churn only for lambda in [churn_min, churn_max].
+  s.churn_max = 1e9
+  s.churn_noise = 1.0  # EDM's S_noise.
+  s.corrector_steps = 1  # pc: Langevin corrector steps per time.
+  s.corrector_snr = 0.16  # pc: Langevin signal-to-noise ratio.
+  s.guidance_scale = 1.0  # Classifier-free guidance on labels: 1 = none, >1 stronger.
+  s.text_guidance_scale = 1.0  # ... on text (needs training.text_dropout > 0).
+  s.image_guidance_scale = 1.0  # ... on the image condition (needs training.image_dropout > 0).
+  # Conditions (captions, image conditions) not given on the command line come from
+  # the first num_samples examples of this split.
+  s.cond_split = "test"
+  # Image conditions: move each sample to the nearest image that satisfies its
+  # condition exactly (sr: downsamples to the input; gray: has the input's luminance;
+  # inpaint: keeps the known pixels).
+  s.project = False
+  s.clip_denoised = True  # Clip x0_hat to [-1, 1] at every step.
+  s.num_samples = 100  # Samples per set; labels cycle evenly over the classes.
+  s.batch_size = 100  # Samples per compiled call (divisible by the device count).
+  s.seed = 1  # Sampling PRNG seed (independent of training).
+
+  # --- Likelihood evaluation (--mode=eval), from the EMA parameters.
+  c.eval = e = ml_collections.ConfigDict()
+  e.split = "test"  # tfds split to evaluate.
+  e.num_examples = 0  # Examples to evaluate; 0 = the whole split.
+  e.batch_size = 64  # Examples per compiled call (divisible by the device count).
+  e.method = "ode"  # evaluation.likelihood.METHODS: probability-flow ODE or discrete bound.
+  e.ode_steps = 200  # Heun steps, geometric in lambda (2 evaluations each).
+  e.hutchinson_probes = 1  # Rademacher probes for the divergence.
+  e.t_min = 1e-5  # The data is taken as x at t_min.
+  e.t_max = 1.0  # The prior's time (flow: < 1).
+  e.lambda_max = float("inf")  # Cap on sigma/alpha at the prior.
+  e.seed = 2  # Dequantisation and probe noise.
+  return c
+
+
+def runlocal(c: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
+  """Shrinks a config to a smoke test (seconds): a few steps on a tiny dataset."""
+  c.data.name = dataset
+  c.training.num_steps = 4
+  c.training.log_every = 2
+  c.training.checkpoint_every = 2
+  c.optim.warmup_steps = 1
+  c.sample.num_samples = c.sample.batch_size = 8
+  c.sample.num_steps = 3
+  return c

@@ -1,0 +1,95 @@
+"""Config files by path, from any working directory.
+
+A config file is a Python file with `get_config(arg="")`; `path:arg` picks a variant.
+Shared pieces are other files loaded by path relative to the config itself
+(`import_sibling(__file__, "_common.py")`), so a config works wherever it is run from,
+with the package installed or not.
+"""
+
+import importlib.util
+import os
+import types
+
+import ml_collections
+
+from diffusion_jax.config.errors import ConfigError
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+  """'configs/x.py:variant' -> ('configs/x.py', 'variant')."""
+  path, sep, arg = spec.partition(".py:")
+  return (path + ".py", arg) if sep else (spec, None)
+
+
+def _load_module(path: str) -> types.ModuleType:
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  name = "diffusion_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def import_sibling(config_file: str, name: str) -> types.ModuleType:
+  """The config module `name` in the same folder as `config_file` (pass __file__)."""
+  return _load_module(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of 'path[:variant]', locked (unknown fields cannot be set)."""
+  path, arg = parse_spec(spec)
+  module = _load_module(path)
+  config = module.get_config(arg) if arg is not None else module.get_config()
+  config.lock()
+  return config
+
+
+SAVED_CONFIG = "config.json"
+
+
+def saved_config_paths(workdir: str) -> list[str]:
+  """The resolved configs a workdir's runs wrote, oldest first: config.json, then
+  config_resumed_at_step_<N>[-k].json for each resume that changed a field."""
+  if not os.path.isdir(workdir):
+    return []
+  paths = []
+  for name in os.listdir(workdir):
+    stem, ext = os.path.splitext(name)
+    if name == SAVED_CONFIG:
+      paths.append(((-1, 0), name))
+    elif stem.startswith("config_resumed_at_step_") and ext == ".json":
+      step, _, k = stem[len("config_resumed_at_step_"):].partition("-")
+      if step.isdigit() and (not k or k.isdigit()):
+        paths.append(((int(step), int(k or 0)), name))
+  return [os.path.join(workdir, n) for _, n in sorted(paths)]
+
+
+def _merge(node: ml_collections.ConfigDict, values: dict, where: str) -> None:
+  for k, v in values.items():
+    if k not in node:
+      raise ConfigError(f"{where}: field {k!r} is not a field of this version's config")
+    if isinstance(v, dict) and isinstance(node[k], ml_collections.ConfigDict):
+      _merge(node[k], v, where)
+    else:
+      node[k] = tuple(v) if isinstance(v, list) else v
+
+
+def load_saved(workdir: str) -> ml_collections.ConfigDict | None:
+  """The config of a workdir's latest run, over the current defaults (fields added
+  since the run was made take their default values); None if it has none."""
+  import json
+
+  from diffusion_jax.config import defaults
+  paths = saved_config_paths(workdir)
+  if not paths:
+    return None
+  try:
+    with open(paths[-1]) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"cannot read the run's config {paths[-1]!r}: {e}") from None
+  config = defaults.get_config()
+  with config.ignore_type():
+    _merge(config, saved, paths[-1])
+  return config

@@ -1,0 +1,1 @@
+"""Evaluation: likelihood of a data split; sample-quality measures."""

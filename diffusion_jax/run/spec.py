@@ -1,0 +1,88 @@
+"""A run's config parsed once: one typed object per section, made by the module that
+owns the section, and the rules that need two sections at once.
+
+`parse` reports every problem it finds (ConfigError with one line per problem),
+before any dataset is opened, anything compiled or anything written.
+"""
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from diffusion_jax.conditioning import conditions
+from diffusion_jax.config.errors import ConfigError, Problems
+from diffusion_jax.core import diffusion as diffusion_lib
+from diffusion_jax.core.samplers import SamplerConfig
+from diffusion_jax.data.pipeline import DataConfig
+from diffusion_jax.evaluation.likelihood import EvalConfig
+from diffusion_jax.models.unet import UNetConfig
+from diffusion_jax.sampling.generate import SampleSetConfig
+from diffusion_jax.training import mesh as mesh_lib
+from diffusion_jax.training.loop import TrainConfig
+from diffusion_jax.training.optimizer import OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """Everything a run is, checked."""
+  config: ml_collections.ConfigDict  # As given (saved with the run).
+  seed: int
+  data: DataConfig
+  model: UNetConfig
+  cond: conditions.CondConfig
+  diffusion: diffusion_lib.Diffusion
+  training: TrainConfig
+  dropout: dict[str, float]  # Classifier-free guidance dropout, by condition.
+  optim: OptimConfig
+  sampler: SamplerConfig
+  sample_set: SampleSetConfig
+  guidance: dict[str, float]  # Guidance scales, by condition, in nesting order.
+  eval: EvalConfig
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    d = self.data
+    return (d.image_size, d.image_size, d.channels)
+
+
+def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
+  """Parses every section and checks the rules between them (ConfigError listing all)."""
+  problems = Problems()
+  parsed: dict[str, Any] = {}
+
+  def section(name: str, parser, *args):
+    with problems.check():
+      parsed[name] = parser(*args)
+
+  section("data", DataConfig.from_config, config.data)
+  section("model", UNetConfig.from_config, config.model)
+  section("cond", conditions.CondConfig.from_config, config.cond)
+  section("diffusion", diffusion_lib.from_config, config.diffusion)
+  section("training", TrainConfig.from_config, config.training)
+  section("optim", OptimConfig.from_config, config.optim)
+  section("sampler", SamplerConfig.from_config, config.sample)
+  section("sample_set", SampleSetConfig.from_config, config.sample)
+  section("eval", EvalConfig.from_config, config.eval)
+
+  def cross(needs: tuple[str, ...], rule) -> None:
+    if all(n in parsed for n in needs):
+      with problems.check():
+        rule(*(parsed[n] for n in needs))
+
+  cross(("model", "data"), lambda m, d: m.check_input(d.image_size, d.channels, d.num_classes))
+  cross(("cond", "model", "data"), lambda c, m, d: c.check_model(m, d.image_size, d.channels))
+  cross(("model",), lambda m: conditions.check_guidance(config.training, config.sample, m))
+  cross(("sampler", "diffusion"), lambda s, f: s.check_schedule(f.schedule))
+  cross(("eval", "diffusion"), lambda e, f: e.check_diffusion(f))
+  cross(("training",), lambda t: mesh_lib.check_batch(t.batch_size, num_devices,
+                                                      "training.batch_size"))
+  cross(("sample_set",), lambda s: mesh_lib.check_batch(s.batch_size, num_devices,
+                                                        "sample.batch_size"))
+  cross(("eval",), lambda e: mesh_lib.check_batch(e.batch_size, num_devices, "eval.batch_size"))
+  problems.raise_if_any()
+  return Spec(config=config, seed=config.seed, guidance=conditions.guidance_scales(config.sample),
+              dropout=conditions.dropout_rates(config.training), **parsed)
+
+
+__all__ = ["ConfigError", "Spec", "parse"]

@@ -1,0 +1,130 @@
+"""What a workdir holds, checked against a run before anything is written: its
+checkpoints' model, the config it was trained with, and the run's tokenizer."""
+
+import json
+import os
+
+import ml_collections
+
+from diffusion_jax.conditioning.tokenizer import Tokenizer
+from diffusion_jax.config import files
+from diffusion_jax.config.errors import ConfigError, require
+from diffusion_jax.data import pipeline
+from diffusion_jax.models.unet import UNetConfig
+from diffusion_jax.run.spec import Spec
+from diffusion_jax.training import checkpoint
+
+# What a checkpoint means: a run may not resume or sample with other values of these.
+MEANING = ("data.name", "data.image_key", "data.label_key", "data.text_key",
+           "data.text_emb_key", "data.image_size", "data.channels", "data.num_classes",
+           "model", "cond", "diffusion")
+# What --mode=sample/eval may change of a run's saved config (sections and fields).
+SAMPLING_FIELDS = ("sample", "eval", "data.data_dir")
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict:
+  def walk(node, prefix):
+    for k, v in node.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, (dict, ml_collections.ConfigDict)):
+        yield from walk(v, key + ".")
+      else:
+        yield key, json.loads(json.dumps(v, default=list))
+  return dict(walk(config, ""))
+
+
+def _under(key: str, prefixes) -> bool:
+  return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def changed(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict, prefixes) -> list:
+  """The fields under `prefixes` whose values differ between two configs."""
+  a, b = _flat(old), _flat(new)
+  return sorted(k for k in set(a) | set(b) if _under(k, prefixes) and a.get(k) != b.get(k))
+
+
+def model_meta(spec: Spec, tokenizer: Tokenizer | None = None) -> dict:
+  """What a checkpoint must agree on with the config to be restorable (and, for text
+  models, the vocabulary it was trained with)."""
+  meta = {"model": json.loads(json.dumps(vars(spec.model), default=list)),
+          "image_size": spec.data.image_size, "channels": spec.data.channels}
+  if spec.cond.image:
+    meta["cond"] = {"image": spec.cond.image, "sr_factor": spec.cond.sr_factor}
+  if tokenizer is not None:
+    meta["vocab"] = tokenizer.vocab
+  return meta
+
+
+def check(spec: Spec, workdir: str, mode: str) -> int | None:
+  """Checks the workdir against the mode and run; returns its latest checkpoint step."""
+  require(bool(workdir), "--workdir is required")
+  require(not os.path.exists(workdir) or os.path.isdir(workdir),
+          f"workdir {workdir!r} exists and is not a directory")
+  step = checkpoint.latest_step(workdir)
+  if mode != "train":
+    require(step is not None,
+            f"--mode={mode}: no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
+  if step is None:
+    return None
+  saved = checkpoint.read_meta(workdir, step)
+  # Fields added after the checkpoint was written take their defaults, which build the
+  # network it was trained as.
+  saved["model"] = {**json.loads(json.dumps(vars(UNetConfig()), default=list)), **saved["model"]}
+  saved.pop("vocab", None)
+  want = model_meta(spec)
+  if saved != want:
+    diff = sorted(k for k in set(saved["model"]) | set(want["model"])
+                  if saved["model"].get(k) != want["model"].get(k))
+    diff = [f"model.{k}" for k in diff]
+    diff += [k for k in ("image_size", "channels", "cond") if saved.get(k) != want.get(k)]
+    raise ConfigError(f"workdir {workdir!r} holds a checkpoint (step {step}) of an "
+                      f"incompatible model: {', '.join(diff)} differ; use a new workdir")
+  previous = files.load_saved(workdir)
+  if previous is not None:
+    diff = changed(previous, spec.config, MEANING)
+    require(not diff, f"workdir {workdir!r} holds a checkpoint (step {step}) trained with "
+            f"other values of {', '.join(diff)} (see {files.saved_config_paths(workdir)[-1]}); "
+            "they change what the checkpoint means: use the run's values or a new workdir")
+  return step
+
+
+def tokenizer(spec: Spec, workdir: str, step: int | None) -> Tokenizer | None:
+  """The run's tokenizer: the checkpoint's vocabulary, or (new runs) one built from
+  the training split's captions and checked against the model's text fields."""
+  mc = spec.model
+  if mc.text != "tokens":
+    return None
+  if step is not None:
+    vocab = checkpoint.read_meta(workdir, step).get("vocab")
+    require(vocab is not None, f"checkpoint {step} in {workdir!r} has no vocabulary")
+    return Tokenizer(vocab, mc.text_max_len)
+  vocab, longest = pipeline.caption_vocab(spec.data)
+  require(bool(vocab), f"the captions (data.text_key={spec.data.text_key!r}) are empty")
+  require(len(vocab) + 1 <= mc.text_vocab_size,
+          f"model.text_vocab_size={mc.text_vocab_size} is too small for the captions' "
+          f"{len(vocab)} words (+1 for padding)")
+  require(longest <= mc.text_max_len,
+          f"model.text_max_len={mc.text_max_len} is shorter than the longest caption "
+          f"({longest} words)")
+  return Tokenizer(vocab, mc.text_max_len)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str, step: int | None) -> str:
+  """Writes the resolved config. A run that resumes with other values keeps the
+  earlier file and writes config_resumed_at_step_<N>.json beside it; a new run (no
+  checkpoint yet) replaces the config a failed earlier attempt left."""
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  path = os.path.join(workdir, files.SAVED_CONFIG)
+  previous = files.saved_config_paths(workdir)
+  if step is not None and previous:
+    with open(previous[-1]) as f:
+      if f.read() == text:
+        return previous[-1]
+    path = os.path.join(workdir, f"config_resumed_at_step_{step}.json")
+    k = 0
+    while os.path.exists(path):
+      k += 1
+      path = os.path.join(workdir, f"config_resumed_at_step_{step}-{k}.json")
+  with open(path, "w") as f:
+    f.write(text)
+  return path

@@ -1,0 +1,1 @@
+"""Sample sets: where their conditions come from, batched sampling, their files."""

@@ -1,0 +1,2 @@
+"""Training: the train state, optimizer, pure train step, device mesh, checkpoints,
+metric writing and the loop."""

@@ -1,0 +1,112 @@
+"""Every name of every registry goes through its config section; an unknown name's
+error lists exactly the registry's names; the docs list every name."""
+
+import os
+import re
+
+import pytest
+
+from diffusion_jax import main
+from diffusion_jax.conditioning import conditions
+from diffusion_jax.config import defaults
+from diffusion_jax.config.errors import ConfigError
+from diffusion_jax.core import diffusion, parameterisation, samplers, schedules
+from diffusion_jax.data import pipeline
+from diffusion_jax.evaluation import likelihood
+from diffusion_jax.models import unet
+from diffusion_jax.run import spec as spec_lib
+from diffusion_jax.training import optimizer
+from tests.conftest import ROOT
+
+
+def parse(overrides: dict) -> spec_lib.Spec:
+  c = defaults.get_config()
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return spec_lib.parse(c, num_devices=1)
+
+
+def continuous(**extra):
+  return {"diffusion.num_steps": 0, "sample.num_steps": 10, **extra}
+
+
+# (registry, config field, the overrides that make each name valid).
+CASES = [
+    (schedules.SCHEDULES, "diffusion.schedule",
+     lambda n: {} if n in ("linear", "cosine") else continuous()),
+    (parameterisation.PREDICTIONS, "diffusion.prediction", lambda n: {}),
+    (diffusion.WEIGHTINGS, "diffusion.weighting", lambda n: {}),
+    (diffusion.TIME_SAMPLING, "diffusion.time_sampling",
+     lambda n: continuous(**{"diffusion.schedule": "vp", "diffusion.weighting": "elbo"})),
+    (samplers.SAMPLERS, "sample.sampler", lambda n: {}),
+    (samplers.GRIDS, "sample.grid", lambda n: {}),
+    (unet.EMBEDDINGS, "model.embedding", lambda n: {}),
+    (unet.PROGRESSIVE_INPUTS, "model.progressive_input", lambda n: {}),
+    (unet.PROGRESSIVES, "model.progressive", lambda n: {"model.resample_filter": (1, 3, 3, 1)}),
+    (unet.DTYPES, "model.dtype", lambda n: {}),
+    (optimizer.LR_SCHEDULES, "optim.lr_schedule", lambda n: {}),
+    (likelihood.METHODS, "eval.method", lambda n: {}),
+]
+
+
+def _unknown(field: str) -> str:
+  return f"{field}=(.*) is unknown; known: (\\[.*\\])"
+
+
+@pytest.mark.parametrize("registry,field,overrides", CASES, ids=[c[1] for c in CASES])
+def test_every_registered_name_parses_and_unknown_names_list_them(registry, field, overrides):
+  names = [n for n in registry if n != "none"]
+  for name in names:
+    spec = parse({**overrides(name), field: name})
+    assert spec is not None
+  with pytest.raises(ConfigError) as e:
+    parse({**overrides(names[0]), field: "no_such_name"})
+  listed = re.search(_unknown(field), str(e.value)).group(2)
+  assert eval(listed) == sorted(set(registry) | ({"none"} if "progressive" in field else set()))
+
+
+def test_every_image_condition_parses_with_its_channels():
+  for name, spec in conditions.IMAGE_CONDITIONS.items():
+    parse({"data.channels": 3, "cond.image": name, "cond.sr_factor": 2,
+           "model.cond_image_channels": spec.channels(3)})
+  with pytest.raises(ConfigError, match=r"cond.image='blur' is unknown; known: \['', 'gray', "
+                     r"'inpaint', 'sr'\]"):
+    parse({"cond.image": "blur"})
+
+
+def test_every_guided_condition_has_its_fields():
+  c = defaults.get_config()
+  for g in conditions.GUIDED.values():
+    assert g.dropout_field in c.training and g.guidance_field in c.sample
+
+
+def test_every_bundled_dataset_is_a_builder(tmp_path):
+  for name in pipeline.BUNDLED:
+    assert pipeline.get_builder(name, str(tmp_path)).name == name
+
+
+def test_modes_of_the_command_line(capsys):
+  assert main.run(["main", "--mode=score", "--workdir=/nonexistent",
+                   "--config=" + os.path.join(ROOT, "configs", "digits.py")]) == 2
+  assert f"unknown --mode='score'; known: {sorted(main.MODES)}" in capsys.readouterr().err
+
+
+DOCS = [  # (page, registry): the page's tables list every name.
+    ("processes-and-samplers.md", schedules.SCHEDULES),
+    ("processes-and-samplers.md", parameterisation.PREDICTIONS),
+    ("processes-and-samplers.md", diffusion.WEIGHTINGS),
+    ("processes-and-samplers.md", diffusion.TIME_SAMPLING),
+    ("processes-and-samplers.md", samplers.SAMPLERS),
+    ("processes-and-samplers.md", samplers.GRIDS),
+    ("conditioning.md", conditions.IMAGE_CONDITIONS),
+    ("datasets.md", pipeline.BUNDLED),
+    ("evaluation.md", likelihood.METHODS),
+]
+
+
+@pytest.mark.parametrize("page,registry", DOCS, ids=[f"{p}:{sorted(r)[0]}" for p, r in DOCS])
+def test_docs_list_every_registered_name(page, registry):
+  text = open(os.path.join(ROOT, "docs", page)).read()
+  missing = [n for n in registry if f"`{n}`" not in text]
+  assert not missing, f"docs/{page} does not list {missing}"
