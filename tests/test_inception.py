@@ -93,7 +93,7 @@ def reference(tmp_path_factory):
   convert_inception.main([f"--src={pth}", f"--dst={npz}"])
   weights = inception.load_inception(str(npz))
   return {"torch": torch, "model": model, "fc": net.fc.eval(), "weights": weights,
-          "fn": inception.make_inception_fn(weights)}
+          "fn": inception.make_inception_fn(weights), "pth": pth}
 
 
 @pytest.mark.parametrize("size", [299, 64])
@@ -121,6 +121,15 @@ def test_converter_keeps_every_weight_and_hash(reference):
   torch_kernel = reference["model"].blocks[2][4].branch7x7_2.conv.weight.detach().numpy()
   np.testing.assert_array_equal(kernel, torch_kernel.transpose(2, 3, 1, 0))
   assert len(weights.sha256) == 64
+
+
+def test_converter_reads_the_legacy_pth_format(reference, tmp_path):
+  # pytorch-fid's release file may predate torch's zip format (1.6): same weights, same hash.
+  torch = reference["torch"]
+  legacy = tmp_path / "legacy.pth"
+  torch.save(torch.load(reference["pth"]), legacy, _use_new_zipfile_serialization=False)
+  assert convert_inception.convert(str(legacy), str(tmp_path / "legacy.npz")) == \
+      reference["weights"].sha256
 
 
 @pytest.mark.parametrize("shape", [(40, 52), (310, 333), (299, 150)])
@@ -226,6 +235,18 @@ def test_download_named_with_a_hash_is_checked(tmp_path):
   truncated.write_bytes(b"partial download")
   with pytest.raises(ValueError, match="6726825d"):
     convert_inception.load_torch_state_dict(str(truncated))
+
+
+def test_module_takes_any_image_size():
+  import jax
+  from flax import traverse_util
+  variables = traverse_util.unflatten_dict(
+      {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in inception.expected_shapes().items()},
+      sep="/")
+  out = jax.eval_shape(inception.FIDInceptionV3().apply, variables,
+                       jax.ShapeDtypeStruct((3, 64, 80, 3), np.float32))
+  assert {k: v.shape for k, v in out.items()} == {
+      "pool": (3, 2048), "logits": (3, 1008), "logits_unbiased": (3, 1008)}
 
 
 def test_integer_images_are_refused():

@@ -1,10 +1,10 @@
 """The FID Inception-v3 in Flax: pytorch-fid's `InceptionV3([3])` with its FID weights.
 
 This is the 2015-12-05 TensorFlow graph used by the original FID code, in the form
-pytorch-fid gives it: torchvision's Inception-v3 with four blocks patched to follow
-the TF graph (average pools that leave the zero padding out of the mean, and a max
-pool in the last block). Given the same weights it computes the same numbers as
-pytorch-fid, so FIDs are comparable with papers that used pytorch-fid.
+pytorch-fid gives it: torchvision's Inception-v3 with its Mixed_5b-d, 6b-e and 7b-c
+blocks patched to follow the TF graph (average pools that leave the zero padding out
+of the mean, and a max pool in Mixed_7c). Given the same weights it computes the same
+numbers as pytorch-fid, so FIDs are comparable with papers that used pytorch-fid.
 
 Input: NHWC float images with values in [0, 1] (uint8 images: divide by 255 first;
 integer arrays are refused rather than silently read as [0, 255] floats). Any
