@@ -1,1 +1,2 @@
-"""Evaluation: likelihood of a data split; sample-quality measures."""
+"""Evaluation: likelihood of a data split; sample-quality measures (FID, KID, Inception
+Score, precision/recall) over the FID Inception network or another feature network."""
