@@ -9,7 +9,6 @@ import functools
 import importlib.util
 import json
 import math
-import os
 
 import flax
 import jax
@@ -437,7 +436,8 @@ def test_cli_converts_a_safetensors_file_and_load_reads_it(tmp_path, capsys):
   assert_trees_equal(loaded, params)
 
   # Not a VAE: one line naming the first missing tensor.
-  save_file({"conv_in.weight": np.zeros((4, 3, 3, 3), np.float32)}, str(tmp_path / "unet.safetensors"))
+  save_file({"conv_in.weight": np.zeros((4, 3, 3, 3), np.float32)},
+            str(tmp_path / "unet.safetensors"))
   args[0] = f"--src={tmp_path / 'unet.safetensors'}"
   assert convert_vae.main(args) == 1
   err = capsys.readouterr().err.strip()

@@ -1,7 +1,8 @@
 """diffusers' AutoencoderKL weights (Stable Diffusion's VAE) -> this library's Flax VAE.
 
   python -m diffusion_jax.models.convert_vae --src=DIR --dst=vae.npz
-  python -m diffusion_jax.models.convert_vae --src=vae.safetensors --config=config.json --dst=vae.npz
+  python -m diffusion_jax.models.convert_vae --src=vae.safetensors --config=config.json \\
+      --dst=vae.npz
 
 --src is a diffusers model directory (config.json and diffusion_pytorch_model.safetensors
 or .bin), or a single .safetensors / .bin / .pt file given with its --config. The
