@@ -8,7 +8,7 @@ import pytest
 import scipy.linalg
 
 from diffusion_jax.evaluation import metrics
-from tests.test_inception import import_pytorch_fid
+from tests.evaluation.test_inception import import_pytorch_fid
 
 
 def _clouds(n=400, d=16, shift=0.5, scale=1.3, seed=0):

@@ -1,4 +1,4 @@
-"""Run by test_train.py with 8 simulated CPU devices: 3 steps of training's own jitted
+"""Run by test_train_step.py with 8 simulated CPU devices: 3 steps of training's own jitted
 train step on a mesh of 8 devices and on a mesh of 1, from the same state and batches,
 must agree."""
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from diffusion_jax.run import build, spec as spec_lib
 from diffusion_jax.training import mesh as mesh_lib
-from tests.test_train import fake_batch, tiny_config
+from tests.training.test_train_step import fake_batch, tiny_config
 
 
 def run(mesh):

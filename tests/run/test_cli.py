@@ -169,7 +169,7 @@ def test_incompatible_checkpoint_is_refused_and_untouched(trained, data_dir):
 def test_cli_runs_from_outside_the_repository(tmp_path, data_dir):
   """The installed package, run from another directory, with a config given by
   absolute path that loads a shared piece beside it (configs/_photo_common.py)."""
-  from tests.test_docs import SHRINK, fmt
+  from tests.run.test_docs import SHRINK, fmt
   outside = tmp_path / "elsewhere"
   outside.mkdir()
   argv = [f"--config={os.path.join(ROOT, 'configs', 'photo_base8.py')}:runlocal",

@@ -15,8 +15,8 @@ from diffusion_jax.models import layers, unet
 from diffusion_jax.models.unet import Cond, UNet, UNetConfig, count_params
 from diffusion_jax.run import spec as spec_lib, workdir as workdir_lib
 from diffusion_jax.training import state as state_lib
+from tests.conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 CONFIGS = [c for c in CONFIGS if not os.path.basename(c).startswith("_")]  # _x.py: shared parts.
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import cli
-from tests.test_cli import snapshot
+from tests.run.test_cli import snapshot
 
 TINY = {"model.attn_resolutions": (), "training.num_steps": 2, "training.log_every": 1,
         "training.checkpoint_every": 2, "optim.warmup_steps": 1, "sample.num_samples": 4,
