@@ -19,8 +19,12 @@ def _batches(it, mesh):
     yield mesh_lib.global_batch({k: v._numpy() for k, v in batch.items()}, mesh)
 
 
-def train_and_evaluate(config, workdir: str, mesh=None) -> state_lib.TrainState:
-  """Trains (resuming from the workdir's latest checkpoint) and writes samples."""
+def train_and_evaluate(config, workdir: str, mesh=None, hooks=(),
+                       listeners=()) -> state_lib.TrainState:
+  """Trains (resuming from the workdir's latest checkpoint) and writes samples.
+
+  `hooks` run after every step (training.loop.Hook); `listeners` receive every logged
+  set of scalars (step, scalars)."""
   mesh = mesh or mesh_lib.make_mesh()
   spec, start_step, tokenizer = build.checked(config, workdir, "train", mesh.devices.size)
   # Everything is checked: from here on the workdir is written.
@@ -30,7 +34,7 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> state_lib.TrainState:
   tcfg = spec.training
   net, tx = build.model(spec), build.optimizer_of(spec)
   init, key, abstract = build.init_fns(spec, net, tx, mesh)
-  writer = MetricWriter(os.path.join(workdir, "tensorboard"), tcfg.num_steps)
+  writer = MetricWriter(os.path.join(workdir, "tensorboard"), tcfg.num_steps, listeners)
 
   text = pipeline.TextSpec(
       tokenizer=tokenizer,
@@ -54,7 +58,7 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> state_lib.TrainState:
              f"global batch {tcfg.batch_size}, steps {int(state.step)}->{tcfg.num_steps}")
   state = loop.train(state, step_fn, _batches(it, mesh), tcfg, writer,
                      save=lambda step, s: checkpoint.save(manager, step, s, it, meta),
-                     extra_scalars=lambda step: {"lr": float(lr_fn(step - 1))})
+                     extra_scalars=lambda step: {"lr": float(lr_fn(step - 1))}, hooks=hooks)
 
   if tcfg.sample_at_end:
     inputs, record = inputs_lib.gather(spec, inputs_lib.Given(), tokenizer)

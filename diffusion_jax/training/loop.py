@@ -2,7 +2,7 @@
 
 import dataclasses
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -10,6 +10,11 @@ import numpy as np
 from diffusion_jax.config.errors import finite, require
 from diffusion_jax.training.state import TrainState
 from diffusion_jax.training.writer import MetricWriter, Timer
+
+
+# Called after every step with (step, state); returns scalars to log at that step, or
+# None. Periodic evaluation is a hook: it decides itself when to run.
+Hook = Callable[[int, TrainState], dict | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +41,9 @@ class TrainConfig:
 
 def train(state: TrainState, step_fn: Callable, batches: Iterator[dict], cfg: TrainConfig,
           writer: MetricWriter, save: Callable[[int, TrainState], None],
-          extra_scalars: Callable[[int], dict] = lambda step: {}) -> TrainState:
-  """Runs step_fn from state.step to cfg.num_steps.
+          extra_scalars: Callable[[int], dict] = lambda step: {},
+          hooks: Sequence[Hook] = ()) -> TrainState:
+  """Runs step_fn from state.step to cfg.num_steps; `hooks` run after every step.
 
   Metrics are fetched from the device only when logged. They are checked before every
   checkpoint, so a non-finite state is never saved: a non-finite metric raises
@@ -64,6 +70,10 @@ def train(state: TrainState, step_fn: Callable, batches: Iterator[dict], cfg: Tr
       rate = timer.rate(step)
       scalars.update(extra_scalars(step), steps_per_s=rate, images_per_s=rate * cfg.batch_size)
       writer.write(step, scalars)
+    for hook in hooks:
+      out = hook(step, state)
+      if out:
+        writer.write(step, out)
     if is_checkpoint:
       save(step, state)
   return state

@@ -15,9 +15,12 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class MetricWriter:
+  """Scalars to TensorBoard and a progress line (process 0), and to `listeners`
+  (callables (step, scalars), e.g. a sweep's reporter) on every process."""
 
-  def __init__(self, logdir: str, total_steps: int):
+  def __init__(self, logdir: str, total_steps: int, listeners=()):
     self.total_steps = total_steps
+    self.listeners = list(listeners)
     self.primary = jax.process_index() == 0
     self._tb = None
     if self.primary:
@@ -27,6 +30,8 @@ class MetricWriter:
       self._tb = tf.summary.create_file_writer(logdir)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
+    for listener in self.listeners:
+      listener(step, dict(scalars))
     if not self.primary:
       return
     with self._tb.as_default():
