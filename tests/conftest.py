@@ -99,3 +99,12 @@ def cli(workdir, *args, config="configs/digits.py", overrides=None, env=None, da
     os.environ["TFDS_DATA_DIR"] = data_dir
     env = dict(env, TFDS_DATA_DIR=data_dir) if env else None
   return run_main(argv, env=env, in_process=in_process)
+
+
+@pytest.fixture(scope="session")
+def docs_runs(tmp_path_factory, data_dir):
+  """The workspace where every documented command ran, and each (page, argv, result);
+  the conditioning tests check the files these runs wrote."""
+  from tests.run.docs_commands import run_all
+  workspace = str(tmp_path_factory.mktemp("docs"))
+  return workspace, run_all(workspace)

@@ -120,6 +120,22 @@ BAD = [
      "eval.method='vlb' is the discrete-time bound"),
     ("num_steps for a continuous process", {"diffusion.schedule": "edm"}, [],
      "schedule 'edm' is continuous-time; set diffusion.num_steps=0"),
+    # Found by a probe of bad inputs tried as a new user would (issue 9).
+    ("unknown split", {"data.split": "validation"}, [],
+     "data.split='validation' is not a split of sklearn_digits"),
+    ("unknown feature", {"data.image_key": "img"}, [], "data.image_key='img' is not a feature"),
+    ("channels vs data", {"data.channels": 3}, [], "data.channels=3, but sklearn_digits"),
+    ("fewer classes than the labels", {"data.num_classes": 5}, [],
+     "data.num_classes=5, but sklearn_digits/1.0.0's 'label' has 10 classes"),
+    ("unknown dtype", {"model.dtype": "float8"}, [], "model.dtype='float8' is unknown"),
+    ("non-finite learning rate", {"optim.lr": float("inf")}, [],
+     "optim.lr=inf must be a finite number"),
+    ("negative guidance", {"sample.guidance_scale": -1.0}, [],
+     "sample.guidance_scale=-1.0 must be a finite number in [0, inf)"),
+    ("bundled data in a data_dir that does not exist",
+     {"data.data_dir": "/nonexistent/tfds"}, [], "data.data_dir='/nonexistent/tfds' does not exist"),
+    ("split smaller than a batch", {"training.batch_size": 4096}, [],
+     "has 1498 examples; the run needs at least 4096"),
 ]
 
 
@@ -133,6 +149,15 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, data_dir, name, ov
   assert len(lines) == 1, r.stderr[-2000:]
   assert "Traceback" not in r.stderr
   assert not os.path.exists(wd)
+  assert not os.path.exists("/nonexistent")
+
+
+def test_several_problems_are_reported_together(tmp_path, data_dir):
+  r = cli(str(tmp_path / "wd"), overrides={"optim.lr": -1.0, "sample.sampler": "heun9",
+                                            "model.dtype": "float8"}, data_dir=data_dir)
+  lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+  assert r.returncode == 2 and len(lines) == 3, r.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "wd")
 
 
 def test_divergence_stops_loudly_without_saving_a_bad_checkpoint(tmp_path, data_dir):
@@ -166,10 +191,40 @@ def test_incompatible_checkpoint_is_refused_and_untouched(trained, data_dir):
   assert snapshot(wd) == before
 
 
+@pytest.mark.parametrize("overrides,args,message", [
+    # Resuming with another process refuses, naming the field.
+    ({"diffusion.schedule": "cosine"}, [], "trained with other values of diffusion.schedule"),
+    # Sampling with a --config of another process: the run's own config is needed.
+    ({"diffusion.prediction": "v"}, ["--mode=sample"],
+     "--config differs from the run's saved config"),
+])
+def test_a_run_is_not_resumed_or_sampled_as_another_process(trained, data_dir, overrides, args,
+                                                            message):
+  wd, _, _ = trained
+  before = snapshot(wd)
+  r = cli(wd, *args, overrides=overrides, data_dir=data_dir)
+  assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+  assert snapshot(wd) == before
+
+
+def test_sampling_a_run_uses_its_saved_config(trained, data_dir):
+  wd, _, _ = trained
+  before = snapshot(wd)
+  # Only sampling fields may be overridden then.
+  r = cli(wd, "--mode=sample", config=None, tiny=False, overrides={"model.ch": 16},
+          data_dir=data_dir)
+  assert r.returncode == 2 and "only sample, eval, data.data_dir may be overridden" in r.stderr
+  assert snapshot(wd) == before
+  r = cli(wd, "--mode=sample", "--labels=1,2", config=None, tiny=False,
+          overrides={"sample.num_steps": 2, "sample.batch_size": 2}, data_dir=data_dir)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "samples:" in r.stdout
+
+
 def test_cli_runs_from_outside_the_repository(tmp_path, data_dir):
   """The installed package, run from another directory, with a config given by
   absolute path that loads a shared piece beside it (configs/_photo_common.py)."""
-  from tests.run.test_docs import SHRINK, fmt
+  from tests.run.docs_commands import SHRINK, fmt
   outside = tmp_path / "elsewhere"
   outside.mkdir()
   argv = [f"--config={os.path.join(ROOT, 'configs', 'photo_base8.py')}:runlocal",

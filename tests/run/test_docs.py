@@ -1,124 +1,14 @@
 """Every `python -m diffusion_jax...` command of README.md and docs/ runs, in the
-documented order, with a tiny model: the docs cannot go stale.
-
-Commands run in a scratch directory that holds `configs/` (a link to the repository's),
-the input files the commands name, and a small `cifar10` prepared in a local data_dir.
-Train commands get the config's `:runlocal` variant where it has one and the shrinking
-overrides below, for the fields the command does not set itself.
-"""
+documented order, with a tiny model: the docs cannot go stale (tests/run/docs_commands.py
+says how they are run)."""
 
 import os
-import re
-import shlex
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.conftest import ROOT, fmt, run_main
+from tests.run.docs_commands import commands
 
-PAGES = ["README.md"] + [f"docs/{p}" for p in (
-    "command-line.md", "configs.md", "datasets.md", "conditioning.md",
-    "processes-and-samplers.md", "evaluation.md", "extending.md", "api.md")]
-SHRINK = {
-    "train": {"training.num_steps": 2, "training.checkpoint_every": 2, "training.log_every": 1,
-              "training.batch_size": 8, "optim.warmup_steps": 1, "model.num_res_blocks": 1,
-              "sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2},
-    "sample": {"sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2},
-    "eval": {"eval.num_examples": 4, "eval.batch_size": 4, "eval.ode_steps": 2},
-}
-FAKE_DATA_DIR = "/data/tfds"  # The docs' example data_dir, replaced by a local one.
-
-
-def commands() -> list[tuple[str, list[str]]]:
-  """(page, argv) of every `python -m diffusion_jax.main` in a bash block, in order."""
-  out = []
-  for page in PAGES:
-    text = open(os.path.join(ROOT, page)).read()
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-      for line in block.replace("\\\n", " ").splitlines():
-        line = line.split(" && ")[-1].strip()
-        if line.startswith("python -m diffusion_jax."):
-          words = shlex.split(line)
-          assert words[2] == "diffusion_jax.main", f"{page}: no test runs {words[2]} yet"
-          out.append((page, words[3:]))
-  return out
-
-
-def _value(argv, flag):
-  for a in argv:
-    if a.startswith(f"--{flag}="):
-      return a.split("=", 1)[1]
-  return None
-
-
-def shrunk(argv: list[str], data_dir: str) -> list[str]:
-  """The command with a tiny model and run, and the local data_dir."""
-  argv = [a.replace(FAKE_DATA_DIR, data_dir) for a in argv]
-  mode = _value(argv, "mode") or "train"
-  config = _value(argv, "config")
-  if mode == "train" and config and ":" not in config:
-    has_variant = "runlocal" in open(config).read()
-    argv = [f"--config={config}:runlocal" if a == f"--config={config}" and has_variant else a
-            for a in argv]
-  given = {a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")}
-  extra = {k: v for k, v in SHRINK[mode].items() if k not in given}
-  if mode == "sample" and _value(argv, "labels"):
-    extra.pop("sample.num_samples")
-  return argv + [f"--config.{k}={fmt(v)}" for k, v in extra.items()]
-
-
-def prepare_inputs(workspace: str) -> None:
-  """The files the docs' sampling commands read."""
-  rng = np.random.default_rng(0)
-  np.savez(os.path.join(workspace, "lowres.npz"),
-           lowres=rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8))
-  np.savez(os.path.join(workspace, "gray.npz"),
-           gray=rng.integers(0, 256, (2, 32, 32, 1), dtype=np.uint8))
-  holes = os.path.join(workspace, "holes_rgba_pngs")
-  os.makedirs(holes)
-  for i in range(2):
-    rgba = rng.integers(0, 256, (32, 32, 4), dtype=np.uint8)
-    rgba[..., 3] = 255
-    rgba[8:20, 10:24, 3] = 0
-    Image.fromarray(rgba).save(os.path.join(holes, f"{i}.png"))
-
-
-def prepare_cifar10(data_dir: str) -> None:
-  """A prepared `cifar10` of random images, under the real builder's name and version."""
-  import tensorflow_datasets as tfds
-
-  class FakeCifar10(tfds.builder_cls("cifar10"), skip_registration=True):
-    name = "cifar10"
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._examples(16, 0), "test": self._examples(8, 1)}
-
-    def _examples(self, n, seed):
-      rng = np.random.default_rng(seed)
-      for i in range(n):
-        yield i, {"id": f"{seed}_{i}", "label": i % 10,
-                  "image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)}
-
-  FakeCifar10(data_dir=data_dir).download_and_prepare()
-
-
-@pytest.fixture(scope="module")
-def docs_runs(tmp_path_factory, data_dir):
-  workspace = str(tmp_path_factory.mktemp("docs"))
-  os.symlink(os.path.join(ROOT, "configs"), os.path.join(workspace, "configs"))
-  prepare_inputs(workspace)
-  cifar_dir = os.path.join(workspace, "tfds")
-  prepare_cifar10(cifar_dir)
-  results = []
-  cwd = os.getcwd()
-  os.chdir(workspace)
-  try:
-    for page, argv in commands():
-      results.append((page, argv, run_main(shrunk(argv, cifar_dir))))
-  finally:
-    os.chdir(cwd)
-  return workspace, results
+pytestmark = pytest.mark.xdist_group("docs")
 
 
 def test_the_docs_have_commands():
