@@ -166,6 +166,8 @@ def gather(spec, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dict]
     except TokenizerError as e:
       raise InputError(str(e)) from None
     record["prompts"] = np.asarray(prompts)
+    if given.prompts is None:  # Captions of held-out images: keep the images to compare.
+      record["reference"] = split["image"]
   elif mcfg_text == "embeddings":
     emb = split["text_emb"].astype(np.float32)
     inputs["text_emb"], inputs["text_mask"] = emb, np.any(emb != 0, axis=-1)
