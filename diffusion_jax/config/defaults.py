@@ -129,6 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 160 leaves linear T = 1000 (157), vp, ve, edm at t_max and caps cosine and flow.
   s.lambda_max = 160.0
   s.eta = 0.0  # DDIM noise: 0 deterministic, 1 = DDPM posterior.
+  s.ddpm_variance = "posterior"  # ddpm step variance: core.samplers.DDPM_VARIANCES.
   s.churn = 0.0  # euler/heun: EDM's S_churn (stochasticity); 0 = deterministic.
   s.churn_min = 0.0  # Churn only for lambda in [churn_min, churn_max].
   s.churn_max = 1e9

@@ -16,7 +16,8 @@ vp 152, ve 50, edm 80) and caps those where it is huge or infinite (cosine T = 1
 for a high-order solver: from cosine's former start lambda = e^10, Heun on a uniform
 grid gave N(0, 1) data +34% std at 50 steps, +715% at 18; from 160, +0.7% and +6%.
 
-  ddpm        ancestral: draws from q(x_s | x_t, x0 = D)              NFE = N
+  ddpm        ancestral: the mean of q(x_s | x_t, x0 = D), and its variance
+              or the forward step's (ddpm_variance)                      NFE = N
   ddim        DDIM(eta); eta = 1 matches ddpm                            NFE = N
   euler       probability-flow ODE, Euler (optional churn)               NFE = N
   heun        EDM's 2nd-order Heun (optional churn)                      NFE = 2N - 1
@@ -46,6 +47,7 @@ class SamplerConfig:
   sampler: str = "ddim"  # A name of SAMPLERS.
   num_steps: int = 100  # N: grid intervals (see the table above for NFE).
   eta: float = 0.0  # ddim noise.
+  ddpm_variance: str = "posterior"  # ddpm: a name of DDPM_VARIANCES.
   clip_denoised: bool = True
   grid: str = "uniform"  # "uniform" in t, or "edm": lambda^(1/rho) uniform.
   rho: float = 7.0
@@ -68,6 +70,7 @@ class SamplerConfig:
     cfg = cls(**{f.name: sample_cfg[f.name] for f in dataclasses.fields(cls)})
     choice("sample.sampler", cfg.sampler, SAMPLERS)
     choice("sample.grid", cfg.grid, GRIDS)
+    choice("sample.ddpm_variance", cfg.ddpm_variance, DDPM_VARIANCES)
     min_steps = SAMPLERS[cfg.sampler].min_steps
     require(cfg.num_steps >= min_steps,
             f"sample.num_steps={cfg.num_steps}: sampler {cfg.sampler!r} needs >= {min_steps}")
@@ -182,12 +185,24 @@ def _coeffs(schedule: Schedule, t: Array, s: Array):
   return a_t, s_t, a_s, s_s, var_ts
 
 
+# The variance of DDPM's step from t to s, (var_ts, sigma_s, sigma_t, s) -> variance:
+DDPM_VARIANCES: dict[str, Callable] = {
+    # The posterior's, var(x_s | x_t, x_0) (Ho et al.'s beta-tilde, "fixedsmall").
+    "posterior": lambda var_ts, s_s, s_t, s: var_ts * s_s**2 / s_t**2,
+    # The forward step's, var(x_t | x_s) (Ho et al.'s beta_t, "fixedlarge", which they
+    # sampled CIFAR-10 with); the last step to s = 0 adds no noise, as in their code.
+    # Exact for x_0 ~ N(0, I) on a VP process at any number of steps.
+    "fixedlarge": lambda var_ts, s_s, s_t, s: jnp.where(s > 0, var_ts, 0.0),
+}
+
+
 def ddpm_step(schedule: Schedule, x: Array, x0: Array, t: Array, s: Array, key: Array,
-              **_) -> Array:
-  """Ancestral step: a draw from the Gaussian posterior q(x_s | x_t, x_0 = x0_hat)."""
+              variance: str = "posterior", **_) -> Array:
+  """Ancestral step: the mean of the Gaussian posterior q(x_s | x_t, x_0 = x0_hat), and
+  the variance DDPM_VARIANCES[variance]."""
   a_t, s_t, a_s, s_s, var_ts = _coeffs(schedule, t, s)
   mean = (a_s * var_ts / s_t**2) * x0 + ((a_t / a_s) * s_s**2 / s_t**2) * x
-  std = jnp.sqrt(var_ts * s_s**2 / s_t**2)
+  std = jnp.sqrt(DDPM_VARIANCES[variance](var_ts, s_s, s_t, s))
   return mean + std * jax.random.normal(key, x.shape, x.dtype)
 
 
@@ -208,7 +223,8 @@ def one_step_sampler(step_fn):
     def body(i, x):
       t, s = times[i], times[i + 1]
       x0 = denoise(x, _full(t, x), cond)
-      return step_fn(schedule, x, x0, t, s, jax.random.fold_in(key, i), eta=cfg.eta)
+      return step_fn(schedule, x, x0, t, s, jax.random.fold_in(key, i), eta=cfg.eta,
+                     variance=cfg.ddpm_variance)
     return jax.lax.fori_loop(0, len(times) - 1, body, x)
   return run
 
