@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.config.errors import choice, finite, require
+from diffusion_jax.config.errors import ConfigError, choice, finite, require
 from diffusion_jax.core import schedules as schedules_lib
 from diffusion_jax.core.parameterisation import (Denoiser, Parameterisation, derivatives,
                                                  parameterisation, q_sample)
@@ -151,7 +151,45 @@ def make(schedule: Schedule, prediction: str = "eps", weighting: str = "simple",
   if WEIGHTINGS[weighting] is not None:
     w_fn = functools.partial(WEIGHTINGS[weighting], schedule, sigma_data=sigma_data, gamma=gamma)
   time_fn = TIME_SAMPLING[time_sampling](TimeArgs(schedule, w_fn, t_min, p_mean, p_std))
-  return Diffusion(schedule, prediction, param, weighting, w_fn, time_fn)
+  d = Diffusion(schedule, prediction, param, weighting, w_fn, time_fn)
+  check_finite(d, t_min)
+  return d
+
+
+def training_time_range(schedule: Schedule, t_min: float) -> np.ndarray:
+  """Times that cover where training evaluates the loss: every step i / T of a discrete
+  schedule; else t_min, the largest float32 below 1 (continuous times are drawn from
+  [t_min, 1)), and a dense grid between, geometric near 0 and uniform."""
+  if schedule.num_steps:
+    return np.arange(1, schedule.num_steps + 1, dtype=np.float64) / schedule.num_steps
+  top = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+  inner = np.concatenate([np.geomspace(t_min, 0.5, 400), np.linspace(0.5, top, 400),
+                          1.0 - np.geomspace(1e-7, 0.5, 400)])
+  return np.unique(np.clip(np.concatenate([[t_min, top], inner]), t_min, top))
+
+
+def check_finite(d: Diffusion, t_min: float) -> None:
+  """ConfigError unless the loss can be finite at every training time: the weighting,
+  the target, and its conversion back to x0 (which weighted losses and samplers use)."""
+  t_np = training_time_range(d.schedule, t_min)
+  with jax.ensure_compile_time_eval():
+    t = jnp.asarray(t_np, jnp.float32)
+    x0 = jnp.stack([-jnp.ones_like(t), jnp.ones_like(t)], axis=1)
+    x_t = q_sample(d.schedule, x0, t, -x0)
+    target = d.param.target(d.schedule, x0, -x0, t, x_t)
+    parts = {"target": target,
+             "target's conversion to x0": d.param.to_x0(d.schedule, target, x_t, t)}
+    if d.weight_fn is not None:
+      parts["weighting"] = d.weight_fn(t)
+    parts = {k: np.asarray(v, np.float64).reshape(len(t_np), -1) for k, v in parts.items()}
+  for what, v in parts.items():
+    bad = ~np.all(np.isfinite(v), axis=1)
+    if bad.any():
+      raise ConfigError(
+          f"diffusion: the {what} is not finite on this process at t={t_np[bad][0]:.6g} "
+          f"(prediction={d.prediction!r}, weighting={d.weighting!r}; training times span "
+          f"{t_np[0]:.3g} to {t_np[-1]:.8g}): choose another weighting or prediction, or "
+          "raise diffusion.t_min")
 
 
 def from_config(diffusion_cfg) -> Diffusion:
@@ -207,6 +245,6 @@ def make_denoiser(apply_fn: Callable[[Array, Array, object], Array], d: Diffusio
   return denoise
 
 
-__all__ = ["Diffusion", "TIME_SAMPLING", "WEIGHTINGS", "denoising_loss",
+__all__ = ["Diffusion", "TIME_SAMPLING", "WEIGHTINGS", "check_finite", "denoising_loss",
            "from_config", "importance_table", "make", "make_denoiser", "model_input",
-           "uniform_times", "weight"]
+           "training_time_range", "uniform_times", "weight"]
