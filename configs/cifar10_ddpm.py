@@ -3,7 +3,8 @@
 The 35.7M-parameter network (35,746,307 parameters), linear betas 1e-4..0.02 with
 T = 1000, eps prediction, Adam 2e-4 with 5,000 warmup steps, batch 128, gradient
 clipping at 1, EMA 0.9999, 800k steps, random flips. Paper: FID 3.17, IS 9.46
-(1000-step ancestral sampling). Needs cifar10 prepared in data_dir (`tfds build cifar10`).
+(1000-step ancestral sampling from x_T with step variance beta_t, their "fixedlarge").
+Needs cifar10 prepared in data_dir (`tfds build cifar10`).
 
 Command (TPU/GPU):
   python -m diffusion_jax.main --config=configs/cifar10_ddpm.py --workdir=runs/cifar10_ddpm \
@@ -52,6 +53,9 @@ def get_config():
   s = c.sample
   s.sampler = "ddpm"
   s.num_steps = 1000
+  s.ddpm_variance = "fixedlarge"  # Their CIFAR-10 samples: sigma_t^2 = beta_t.
+  s.clip_denoised = True  # Their sampler clips x0_hat to [-1, 1].
+  s.t_max, s.lambda_max = 1.0, float("inf")  # From x_T (sigma/alpha = 157 there).
   s.guidance_scale = 1.0
   s.num_samples = 64
   s.batch_size = 64

@@ -22,5 +22,7 @@ def get_config(arg: str = ""):
   s.sampler = "euler"
   s.grid = "uniform"
   s.num_steps = 5 if arg == "runlocal" else 50
-  s.t_max = 0.999
+  # The grid starts where sigma/alpha = sample.lambda_max (default 160: t = 0.9938);
+  # alpha(1) = 0, so t = 1 is never a start. The likelihood's prior likewise
+  # (eval.lambda_max).
   return c

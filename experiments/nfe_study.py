@@ -67,7 +67,7 @@ def run_model(config, workdir, num_samples, mesh, labels_used, nfes, reference=T
     if diff.schedule.num_steps and steps > diff.schedule.num_steps:
       continue
     cfg = samplers.SamplerConfig(sampler=name, num_steps=steps, grid=grid,
-                                 lambda_max=80.0 if grid == "edm" else float("inf"),
+                                 lambda_max=80.0 if grid == "edm" else config.sample.lambda_max,
                                  t_max=min(1.0, config.sample.t_max), **opts)
     fn = generate.make_sample_fn(model, diff, cfg, shape, mesh)
     t0 = time.perf_counter()

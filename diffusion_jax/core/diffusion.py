@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.config.errors import choice, finite, require
+from diffusion_jax.config.errors import ConfigError, choice, finite, require
 from diffusion_jax.core import schedules as schedules_lib
 from diffusion_jax.core.parameterisation import (Denoiser, Parameterisation, derivatives,
                                                  parameterisation, q_sample)
@@ -142,8 +142,10 @@ class Diffusion(NamedTuple):
 
 def make(schedule: Schedule, prediction: str = "eps", weighting: str = "simple",
          time_sampling: str = "uniform", *, sigma_data: float = 0.5, gamma: float = 5.0,
-         t_min: float = 1e-5, p_mean: float = -1.2, p_std: float = 1.2) -> Diffusion:
-  """Builds a Diffusion; every name is checked here (ConfigError)."""
+         t_min: float = 1e-5, p_mean: float = -1.2, p_std: float = 1.2,
+         check: bool = True) -> Diffusion:
+  """Builds a Diffusion; every name is checked here, and with `check` that its loss is
+  finite on the training times (check_finite) (ConfigError)."""
   param = parameterisation(prediction, sigma_data)
   choice("diffusion.weighting", weighting, WEIGHTINGS)
   choice("diffusion.time_sampling", time_sampling, TIME_SAMPLING)
@@ -151,7 +153,50 @@ def make(schedule: Schedule, prediction: str = "eps", weighting: str = "simple",
   if WEIGHTINGS[weighting] is not None:
     w_fn = functools.partial(WEIGHTINGS[weighting], schedule, sigma_data=sigma_data, gamma=gamma)
   time_fn = TIME_SAMPLING[time_sampling](TimeArgs(schedule, w_fn, t_min, p_mean, p_std))
-  return Diffusion(schedule, prediction, param, weighting, w_fn, time_fn)
+  d = Diffusion(schedule, prediction, param, weighting, w_fn, time_fn)
+  if check:
+    check_finite(d, t_min)
+  return d
+
+
+def training_time_range(schedule: Schedule, t_min: float) -> np.ndarray:
+  """Times that cover where training evaluates the loss: every step i / T of a discrete
+  schedule; else t_min, the largest float32 below 1 (continuous times are drawn from
+  [t_min, 1)), and a dense grid between, geometric near 0 and uniform."""
+  if schedule.num_steps:
+    return np.arange(1, schedule.num_steps + 1, dtype=np.float64) / schedule.num_steps
+  top = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+  inner = np.concatenate([np.geomspace(t_min, 0.5, 400), np.linspace(0.5, top, 400),
+                          1.0 - np.geomspace(1e-7, 0.5, 400)])
+  return np.unique(np.clip(np.concatenate([[t_min, top], inner]), t_min, top))
+
+
+def check_finite(d: Diffusion, t_min: float) -> None:
+  """ConfigError unless the loss can be finite at every training time: the weighting,
+  the target, and its conversion back to x0 (which weighted losses and samplers use).
+  One compiled program: op-by-op evaluation would compile each op separately."""
+  t_np = training_time_range(d.schedule, t_min)
+
+  def parts(t):
+    x0 = jnp.stack([-jnp.ones_like(t), jnp.ones_like(t)], axis=1)
+    x_t = q_sample(d.schedule, x0, t, -x0)
+    target = d.param.target(d.schedule, x0, -x0, t, x_t)
+    out = {"target": target,
+           "target's conversion to x0": d.param.to_x0(d.schedule, target, x_t, t)}
+    if d.weight_fn is not None:
+      out["weighting"] = d.weight_fn(t)
+    return {k: jnp.all(jnp.isfinite(v.reshape(t.shape[0], -1)), axis=1) for k, v in out.items()}
+
+  with jax.ensure_compile_time_eval():
+    finite_at = jax.jit(parts)(jnp.asarray(t_np, jnp.float32))
+  for what, ok in finite_at.items():
+    bad = ~np.asarray(ok)
+    if bad.any():
+      raise ConfigError(
+          f"diffusion: the {what} is not finite on this process at t={t_np[bad][0]:.6g} "
+          f"(prediction={d.prediction!r}, weighting={d.weighting!r}; training times span "
+          f"{t_np[0]:.3g} to {t_np[-1]:.8g}): choose another weighting or prediction, or "
+          "raise diffusion.t_min")
 
 
 def from_config(diffusion_cfg) -> Diffusion:
@@ -162,9 +207,22 @@ def from_config(diffusion_cfg) -> Diffusion:
   finite("diffusion.t_min", f.t_min, 0, 1, low_open=True, high_open=True)
   finite("diffusion.p_mean", f.p_mean)
   finite("diffusion.p_std", f.p_std, 0, low_open=True)
-  return make(schedules_lib.from_config(f), f.prediction, f.weighting, f.time_sampling,
-              sigma_data=f.sigma_data, gamma=f.min_snr_gamma, t_min=f.t_min,
-              p_mean=f.p_mean, p_std=f.p_std)
+  d = make(schedules_lib.from_config(f), f.prediction, f.weighting, f.time_sampling,
+           sigma_data=f.sigma_data, gamma=f.min_snr_gamma, t_min=f.t_min,
+           p_mean=f.p_mean, p_std=f.p_std, check=False)
+  _check_finite_once(tuple((k, f[k]) for k in sorted(f.keys())), d, f.t_min)
+  return d
+
+
+_CHECKED: set = set()  # The `diffusion` sections check_finite has passed, as item tuples.
+
+
+def _check_finite_once(section: tuple, d: Diffusion, t_min: float) -> None:
+  """check_finite once per process for each `diffusion` section: it compiles (~0.5 s of
+  CPU), and a process may parse the same section many times (tests, sweeps)."""
+  if section not in _CHECKED:
+    check_finite(d, t_min)
+    _CHECKED.add(section)
 
 
 def model_input(d: Diffusion, x_t: Array, t: Array) -> Array:
@@ -207,6 +265,6 @@ def make_denoiser(apply_fn: Callable[[Array, Array, object], Array], d: Diffusio
   return denoise
 
 
-__all__ = ["Diffusion", "TIME_SAMPLING", "WEIGHTINGS", "denoising_loss",
+__all__ = ["Diffusion", "TIME_SAMPLING", "WEIGHTINGS", "check_finite", "denoising_loss",
            "from_config", "importance_table", "make", "make_denoiser", "model_input",
-           "uniform_times", "weight"]
+           "training_time_range", "uniform_times", "weight"]

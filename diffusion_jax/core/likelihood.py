@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax.config.errors import require
 from diffusion_jax.core import schedules as schedules_lib
 from diffusion_jax.core.parameterisation import Denoiser
 from diffusion_jax.core.schedules import Schedule
@@ -106,6 +107,8 @@ def ode_log_likelihood(denoise: Denoiser, schedule: Schedule, x: Array, cond, ke
   with jax.ensure_compile_time_eval():
     lo = float(schedules_lib.lam(schedule, jnp.float32(t_min)))
     hi = min(float(schedules_lib.lam(schedule, jnp.float32(t_max))), lambda_max)
+    require(np.isfinite(hi), f"the prior's sigma/alpha is {hi} at t_max={t_max} (alpha = 0 "
+            "there, as for flow at t = 1): set lambda_max finite or t_max < 1")
     ts = schedules_lib.t_for_lambda(schedule, np.geomspace(lo, hi, steps + 1), t_min, t_max)
     ts[0] = t_min
     lams = np.asarray(schedules_lib.lam(schedule, jnp.asarray(ts)), np.float32)

@@ -13,8 +13,12 @@ log_snr(t) = log(alpha^2 / sigma^2), decreasing in t. Families:
                        the rho-warped grid sigma(t)^(1/rho) linear in t;
   flow                 rectified flow / flow matching: alpha = 1 - t, sigma = t.
 
-VP schedules compute alpha and sigma from log_snr (alpha^2 = sigmoid(log_snr)),
-which keeps both accurate at the ends where 1 - alpha^2 loses precision.
+VP schedules compute alpha and sigma from log_snr (alpha^2 = sigmoid(log_snr)), or
+(continuous cosine) from forms without cancellation, which keeps both accurate at the
+ends where 1 - alpha^2 loses precision. No process clips t or log-SNR, so alpha' and
+sigma' are exact wherever they are used; flow and the continuous cosine reach
+alpha(1) = 0, where sigma / alpha is infinite: samplers and likelihoods start where it
+is finite (their lambda_max), never at t = 1.
 """
 
 from typing import Any, Callable, NamedTuple
@@ -53,15 +57,15 @@ def ddpm_alpha_bars(beta_start: float, beta_end: float, num_steps: int) -> np.nd
   return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
 
 
-def linear(beta_start: float = 1e-4, beta_end: float = 0.02,
-           num_steps: int = 1000) -> Schedule:
-  """Ho et al. (2020) linear-beta schedule, exact at t = i / T.
+def tabulated(alpha_bars: np.ndarray) -> Schedule:
+  """A discrete VP schedule from alpha-bar_0..T (alpha-bar_0 = 1), exact at t = i / T.
 
   log-SNR is tabulated at the T + 1 grid points and interpolated linearly in
   between, so the continuous schedule equals the discrete one on the grid.
   """
-  abar = ddpm_alpha_bars(beta_start, beta_end, num_steps)
-  table = np.log(abar[1:]) - np.log1p(-abar[1:])
+  num_steps = len(alpha_bars) - 1
+  abar = np.asarray(alpha_bars[1:], np.float64)
+  table = np.log(abar) - np.log1p(-abar)
   # alpha-bar_0 = 1 has infinite log-SNR; a large finite value keeps t = 0 usable.
   table = np.concatenate([[max(30.0, table[0] + 10.0)], table]).astype(np.float32)
   grid = np.arange(num_steps + 1, dtype=np.float32)
@@ -72,23 +76,36 @@ def linear(beta_start: float = 1e-4, beta_end: float = 0.02,
   return from_log_snr(log_snr, num_steps)
 
 
-def cosine(s: float = 0.008, num_steps: int = 0, log_snr_min: float = -20.0,
-           log_snr_max: float = 20.0) -> Schedule:
-  """Nichol & Dhariwal (2021): alpha-bar(t) = cos^2(pi/2 (t + s) / (1 + s)) / f(0).
+def linear(beta_start: float = 1e-4, beta_end: float = 0.02,
+           num_steps: int = 1000) -> Schedule:
+  """Ho et al. (2020) linear-beta schedule, exact at t = i / T."""
+  return tabulated(ddpm_alpha_bars(beta_start, beta_end, num_steps))
 
-  alpha(1) is exactly zero in the formula; log_snr is clipped to
-  [log_snr_min, log_snr_max] to keep samplers and conversions finite.
+
+def cosine(s: float = 0.008, num_steps: int = 0) -> Schedule:
+  """Nichol & Dhariwal (2021): alpha-bar(t) = cos^2(B) / cos^2(A), B = pi/2 (t + s) / (1 + s),
+  A = B at t = 0.
+
+  Continuous (num_steps = 0): the formula exactly, so alpha(1) = 0 and log-SNR runs
+  from +inf at t = 0 to -inf at t = 1 (time grids start where sigma / alpha is finite:
+  sample.lambda_max). Written without cancellation at either end: alpha = sin(pi/2 - B)
+  / cos(A) and sigma^2 = (cos^2 A - cos^2 B) / cos^2 A = sin(B + A) sin(B - A) / cos^2 A.
+  Discrete (num_steps = T): their betas, beta_i = min(1 - alpha-bar(i/T) /
+  alpha-bar((i-1)/T), 0.999), which keep alpha-bar_T > 0, tabulated as `tabulated` does.
   """
-  f0 = np.cos(0.5 * np.pi * s / (1 + s)) ** 2
-
-  def log_snr(t):
-    t = jnp.asarray(t, jnp.float32)
-    abar = jnp.cos(0.5 * jnp.pi * (t + s) / (1 + s)) ** 2 / f0
-    abar = jnp.clip(abar, 0.0, 1.0)
-    raw = jnp.log(abar) - jnp.log1p(-jnp.minimum(abar, 1.0 - 1e-7))
-    return jnp.clip(raw, log_snr_min, log_snr_max)
-
-  return from_log_snr(log_snr, num_steps)
+  if num_steps:
+    ts = np.arange(num_steps + 1, dtype=np.float64) / num_steps
+    f = np.cos(0.5 * np.pi * (ts + s) / (1 + s)) ** 2
+    betas = np.minimum(1.0 - f[1:] / f[:-1], 0.999)
+    return tabulated(np.concatenate([[1.0], np.cumprod(1.0 - betas)]))
+  k, cos_a = 0.5 * np.pi / (1.0 + s), float(np.cos(0.5 * np.pi * s / (1.0 + s)))
+  t32 = lambda t: jnp.asarray(t, jnp.float32)
+  # log_snr = log(cos^2 B) - log(sin(B + A) sin(B - A)), with cos B = sin(k (1 - t)).
+  return Schedule(
+      alpha=lambda t: jnp.sin(k * (1.0 - t32(t))) / cos_a,
+      sigma=lambda t: jnp.sqrt(jnp.sin(k * (t32(t) + 2 * s)) * jnp.sin(k * t32(t))) / cos_a,
+      log_snr=lambda t: (2.0 * jnp.log(jnp.sin(k * (1.0 - t32(t))))
+                         - jnp.log(jnp.sin(k * (t32(t) + 2 * s))) - jnp.log(jnp.sin(k * t32(t)))))
 
 
 def _vp_log_alpha(t, beta_min, beta_max):
@@ -139,14 +156,16 @@ def edm(sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> 
                   log_snr=lambda t: -2.0 * jnp.log(sigma(t)))
 
 
-def flow(t_max: float = 0.999) -> Schedule:
-  """Rectified flow / flow matching: x_t = (1 - t) x_0 + t eps.
+def flow() -> Schedule:
+  """Rectified flow / flow matching: x_t = (1 - t) x_0 + t eps, exact on all of [0, 1].
 
-  alpha(1) = 0 makes log_snr infinite at t = 1; times are clipped to t_max.
+  alpha(1) = 0, so log_snr(1) = -inf and sigma / alpha is infinite there: time grids
+  start where sigma / alpha is finite (sample.lambda_max), not at t = 1. No clipping
+  inside the process, so d alpha/dt = -1 and d sigma/dt = 1 everywhere.
   """
-  clip = lambda t: jnp.minimum(jnp.asarray(t, jnp.float32), t_max)
-  return Schedule(alpha=lambda t: 1.0 - clip(t), sigma=clip,
-                  log_snr=lambda t: 2.0 * (jnp.log1p(-clip(t)) - jnp.log(clip(t))))
+  t32 = lambda t: jnp.asarray(t, jnp.float32)
+  return Schedule(alpha=lambda t: 1.0 - t32(t), sigma=t32,
+                  log_snr=lambda t: 2.0 * (jnp.log1p(-t32(t)) - jnp.log(t32(t))))
 
 
 def _discrete_or_continuous(f, name: str, discrete: bool | None) -> None:
@@ -252,6 +271,7 @@ def lambda_inverse(schedule: Schedule, t_min: float = 0.0, t_max: float = 1.0,
   if t_min < t_max / 100:
     ts = np.unique(np.concatenate([ts, np.geomspace(max(t_min, 1e-9), t_max, points)]))
   log_lams = np.log(np.asarray(lam(schedule, jnp.asarray(ts, jnp.float32)), np.float64))
-  keep = np.concatenate([[True], np.diff(log_lams) > 0])  # Drop float32 ties.
+  # Drop float32 ties, and lambda = inf where alpha = 0 (flow at t = 1).
+  keep = np.isfinite(log_lams) & np.concatenate([[True], np.diff(log_lams) > 0])
   log_lams, ts = log_lams[keep].astype(np.float32), ts[keep].astype(np.float32)
   return lambda l: jnp.interp(jnp.log(l), log_lams, ts)

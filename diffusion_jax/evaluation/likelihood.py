@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.config.errors import choice, require, section_values
-from diffusion_jax.core import diffusion, likelihood
+from diffusion_jax.core import diffusion, likelihood, schedules
 from diffusion_jax.models.unet import Cond
 from diffusion_jax.training import mesh as mesh_lib
 
@@ -48,6 +48,11 @@ class EvalConfig:
   def check_diffusion(self, diff: diffusion.Diffusion) -> None:
     require(self.method != "vlb" or diff.schedule.num_steps > 0,
             "eval.method='vlb' is the discrete-time bound: it needs diffusion.num_steps > 0")
+    require(self.method != "ode" or self.lambda_max < np.inf
+            or np.isfinite(float(schedules.lam(diff.schedule, self.t_max))),
+            f"eval: sigma/alpha is infinite at eval.t_max={self.t_max} on this process "
+            "(alpha = 0 there, as for flow at t = 1): set eval.lambda_max finite or "
+            "eval.t_max < 1")
 
 
 def _vlb(denoise, diff, images, cond, key, cfg: EvalConfig):

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.core import diffusion, parameterisation, schedules
+from diffusion_jax.config.errors import ConfigError
+from diffusion_jax.core import diffusion, parameterisation, samplers, schedules
 
 S = 0.5
 SCHEDS = ["linear", "cosine", "vp", "subvp", "ve", "edm", "flow"]
@@ -42,6 +43,88 @@ def test_every_target_round_trips_through_x0(sched, pred):
                              atol=5e-3, rtol=1e-3)
   np.testing.assert_allclose(p.from_x0(sch, x0, x_t, t), p.target(sch, x0, eps, t, x_t),
                              atol=5e-3, rtol=1e-3)
+
+
+# Every process (cosine also discrete) at every time a run evaluates it at: training's
+# t_min and the largest float32 below 1 (continuous times are drawn from [t_min, 1)),
+# or the steps 1/T and 1 of a discrete schedule; the sampler's default t_min and grid
+# start; and t = 1.
+ENDPOINT_PROCESSES = {name: getattr(schedules, name)() for name in schedules.SCHEDULES}
+ENDPOINT_PROCESSES["cosine_T1000"] = schedules.cosine(num_steps=1000)
+
+
+def endpoint_times(sch):
+  n = sch.num_steps
+  top = [1.0] if n else [1e-5, float(np.nextafter(np.float32(1), np.float32(0))), 1.0]
+  return sorted(set([1.0 / n if n else 1e-5, 1e-3, samplers.grid_start(sch)] + top))
+
+
+@pytest.mark.parametrize("pred", sorted(parameterisation.PREDICTIONS))
+@pytest.mark.parametrize("sched", sorted(ENDPOINT_PROCESSES))
+def test_every_target_round_trips_at_the_endpoints(sched, pred):
+  """The round trip target -> x0 is exact up to float32 rounding of its inputs (the
+  target and x_t), amplified by the conversion's own sensitivity to them: 1 / alpha
+  for eps and score, which is ~1e7 just below t = 1 where alpha(1) = 0. Where
+  alpha = 0 (flow and cosine at t = 1) x0 follows from x0, v and flow only.
+  Before: flow's velocity conversion divided by zero above t = 0.999 (nan)."""
+  sch, p = ENDPOINT_PROCESSES[sched], parameterisation.parameterisation(pred)
+  k1, k2 = jax.random.split(jax.random.key(0))
+  x0 = jax.random.uniform(k1, (64, 6), minval=-1, maxval=1)
+  eps = jax.random.normal(k2, x0.shape)
+  for tv in endpoint_times(sch):
+    t = jnp.full((64,), tv, jnp.float32)
+    if float(sch.alpha(t[0])) == 0.0 and pred not in ("x0", "v", "flow"):
+      continue  # eps, score and edm's F carry nothing about x0 where alpha = 0.
+    x_t = parameterisation.q_sample(sch, x0, t, eps)
+    out = p.target(sch, x0, eps, t, x_t)
+    back = p.to_x0(sch, out, x_t, t)
+    # |d x0 / d out| |out| + |d x0 / d x_t| |x_t|, by forward differentiation (the
+    # conversions are linear in out and x_t).
+    sens = (jnp.abs(jax.jvp(lambda o: p.to_x0(sch, o, x_t, t), (out,), (jnp.abs(out),))[1])
+            + jnp.abs(jax.jvp(lambda x: p.to_x0(sch, out, x, t), (x_t,), (jnp.abs(x_t),))[1]))
+    err = np.asarray(jnp.abs(back - x0))
+    assert np.all(np.isfinite(np.asarray(out))) and np.all(np.isfinite(err)), tv
+    assert np.all(err <= 1e-6 + 8 * np.finfo(np.float32).eps * np.asarray(sens)), (
+        tv, float(err.max()), float(sens.max()))
+
+
+def test_flow_velocity_target_is_eps_minus_x0_up_to_t_one():
+  """Before: 0 above t = 0.999 and half of eps - x0 at 0.999."""
+  sch = schedules.flow()
+  t = jnp.asarray([0.5, 0.999, 0.9995, float(np.nextafter(np.float32(1), 0)), 1.0])
+  x0, eps = jnp.full((5, 3), 0.2), jnp.full((5, 3), -1.0)
+  out = parameterisation.target("flow", sch, x0, t, eps)
+  np.testing.assert_allclose(out, eps - x0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("weighting", sorted(w for w in diffusion.WEIGHTINGS))
+def test_flow_prediction_trains_finitely_with_every_weighting(weighting):
+  """Loss and gradient of a small linear network, batch 4096 of uniform times, which
+  reach above t = 0.999 (before: nan there with any weighting but simple, which
+  regressed onto a zero target instead)."""
+  d = diffusion.make(schedules.flow(), "flow", weighting, t_min=1e-3)
+  x0 = 0.5 * jax.random.normal(jax.random.key(0), (4096, 3))
+
+  def loss(w, key):
+    return diffusion.denoising_loss(lambda x, t: w[0] * x + w[1] * t[:, None], d, x0, key)
+
+  (value, aux), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+      jnp.asarray([0.3, -0.2]), jax.random.key(1))
+  assert float(jnp.max(aux["t"])) > 0.999
+  assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_weightings_not_finite_on_the_training_times_are_refused():
+  """The check evaluates each term of the loss on the training times: SNR = 1e60 at
+  t = 1e-30 on flow is inf in float32, so that config is refused before training."""
+  from diffusion_jax.config import defaults
+  f = defaults.get_config().diffusion
+  f.schedule, f.num_steps, f.prediction, f.weighting, f.t_min = "flow", 0, "flow", "snr", 1e-30
+  with pytest.raises(ConfigError, match=r"the weighting is not finite on this process at "
+                     r"t=1e-30 \(prediction='flow', weighting='snr'"):
+    diffusion.from_config(f)
+  f.t_min = 1e-5
+  diffusion.from_config(f)
 
 
 def exact_apply(d):

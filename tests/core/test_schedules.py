@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.core import diffusion, schedules
+from diffusion_jax.core import diffusion, parameterisation, schedules
 
 
 def test_linear_reproduces_ddpm_alpha_bars():
@@ -51,8 +51,30 @@ def test_closed_forms_of_each_process():
   np.testing.assert_allclose(np.diff(root) / np.diff(t), (80 ** (1 / 7) - 0.002 ** (1 / 7)),
                              rtol=1e-4)
   fl = schedules.flow()
-  np.testing.assert_allclose(fl.alpha(tj[:4]), 1 - t[:4], atol=1e-7)
-  np.testing.assert_allclose(fl.sigma(tj[:4]), t[:4], atol=1e-7)
+  np.testing.assert_allclose(fl.alpha(tj), 1 - t, atol=1e-7)
+  np.testing.assert_allclose(fl.sigma(tj), t, atol=1e-7)
+
+
+def test_flow_derivatives_are_exact_everywhere():
+  """Before: t clipped at 0.999 inside alpha and sigma made both derivatives 0 above
+  it and half their value at 0.999 (the velocity target and its conversion broke)."""
+  t = jnp.asarray([0.0, 0.3, 0.999, 0.9995, float(np.nextafter(np.float32(1), 0)), 1.0])
+  a, s, da, ds = parameterisation.derivatives(schedules.flow(), t)
+  np.testing.assert_allclose(a, 1 - np.asarray(t), atol=1e-7)
+  np.testing.assert_allclose(s, t, atol=1e-7)
+  np.testing.assert_array_equal(da, -1.0)
+  np.testing.assert_array_equal(ds, 1.0)
+
+
+def test_cosine_derivatives_match_the_formula_up_to_t_one():
+  """alpha = cos(B) / cos(A): d alpha / dt = -pi/2 / (1 + s) sin(B) / cos(A), finite
+  and nonzero at t = 1 (a log-SNR clip at -20 used to zero it for t > 0.99997)."""
+  s = 0.008
+  t = np.array([0.5, 0.9, 0.99999, float(np.nextafter(np.float32(1), 0)), 1.0])
+  _, _, da, _ = parameterisation.derivatives(schedules.cosine(s), jnp.asarray(t))
+  b = 0.5 * np.pi * (t + s) / (1 + s)
+  want = -0.5 * np.pi / (1 + s) * np.sin(b) / np.cos(0.5 * np.pi * s / (1 + s))
+  np.testing.assert_allclose(da, want, rtol=1e-5)
 
 
 def test_continuous_vp_is_the_limit_of_ddpm_betas():
@@ -75,12 +97,33 @@ def test_lambda_inverse_round_trips(name):
 
 def test_cosine_endpoints_and_closed_form():
   sch = schedules.cosine(s=0.008)
-  assert float(sch.alpha(0.0)) == pytest.approx(1.0, abs=1e-6)
-  assert float(sch.sigma(1.0)) == pytest.approx(1.0, abs=1e-6)
-  assert float(sch.alpha(1.0)) < 1e-4
-  t = np.array([0.1, 0.5, 0.9])
+  assert float(sch.alpha(0.0)) == 1.0 and float(sch.sigma(0.0)) == 0.0
+  assert float(sch.alpha(1.0)) == 0.0 and float(sch.sigma(1.0)) == 1.0
+  t = np.array([1e-5, 0.1, 0.5, 0.9, 0.9999])
   f = lambda u: np.cos(0.5 * np.pi * (u + 0.008) / 1.008) ** 2
-  np.testing.assert_allclose(np.asarray(sch.alpha(jnp.asarray(t))) ** 2, f(t) / f(0), rtol=1e-5)
+  t32 = np.asarray(jnp.asarray(t, jnp.float32), np.float64)  # The times jnp evaluates.
+  abar = f(t32) / f(0)
+  np.testing.assert_allclose(np.asarray(sch.alpha(jnp.asarray(t)), np.float64) ** 2, abar,
+                             rtol=1e-5)
+  # Accurate at both ends, where 1 - alpha^2 or alpha^2 alone would cancel.
+  np.testing.assert_allclose(np.asarray(sch.sigma(jnp.asarray(t)), np.float64) ** 2, 1 - abar,
+                             rtol=1e-4)
+  np.testing.assert_allclose(sch.log_snr(jnp.asarray(t)), np.log(abar / (1 - abar)), rtol=1e-4,
+                             atol=1e-4)
+
+
+def test_discrete_cosine_is_nichol_and_dhariwals_clipped_betas():
+  """beta_i = min(1 - f(i/T) / f((i-1)/T), 0.999) (their section 3.2), alpha-bar_i the
+  product of 1 - beta: alpha-bar_T = alpha-bar_{T-1} (1 - 0.999) > 0."""
+  T, s = 1000, 0.008
+  f = lambda i: np.cos(0.5 * np.pi * (i / T + s) / (1 + s)) ** 2
+  betas = [min(1 - f(i) / f(i - 1), 0.999) for i in range(1, T + 1)]
+  abar = np.cumprod(1 - np.asarray(betas))
+  sch = schedules.cosine(s, num_steps=T)
+  i = np.array([1, 10, 500, 990, 999, 1000])
+  np.testing.assert_allclose(np.asarray(sch.alpha(jnp.asarray(i / T)), np.float64) ** 2,
+                             abar[i - 1], rtol=1e-4)
+  assert betas[-1] == 0.999 and abar[-1] == pytest.approx(abar[-2] * 1e-3)
 
 
 def test_linear_logsnr_is_vdms_fixed_schedule():
