@@ -2,7 +2,8 @@
 documented order, with a tiny model: the docs cannot go stale.
 
 Commands run in a scratch directory that holds `configs/` (a link to the repository's),
-the input files the commands name, and a small `cifar10` prepared in a local data_dir.
+the input files and the folder of images the commands name, and a small `cifar10`
+prepared in a local data_dir.
 Train commands get the config's `:runlocal` variant where it has one and the shrinking
 overrides below, for the fields the command does not set itself.
 """
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, fmt, run_main
+from tests.data.fake_datasets import prepare_cifar10
 
 PAGES = ["README.md"] + [f"docs/{p}" for p in (
     "command-line.md", "configs.md", "datasets.md", "conditioning.md",
@@ -82,25 +84,12 @@ def prepare_inputs(workspace: str) -> None:
     rgba[..., 3] = 255
     rgba[8:20, 10:24, 3] = 0
     Image.fromarray(rgba).save(os.path.join(holes, f"{i}.png"))
-
-
-def prepare_cifar10(data_dir: str) -> None:
-  """A prepared `cifar10` of random images, under the real builder's name and version."""
-  import tensorflow_datasets as tfds
-
-  class FakeCifar10(tfds.builder_cls("cifar10"), skip_registration=True):
-    name = "cifar10"
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._examples(16, 0), "test": self._examples(8, 1)}
-
-    def _examples(self, n, seed):
-      rng = np.random.default_rng(seed)
-      for i in range(n):
-        yield i, {"id": f"{seed}_{i}", "label": i % 10,
-                  "image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)}
-
-  FakeCifar10(data_dir=data_dir).download_and_prepare()
+  for i in range(12):  # docs/datasets.md's folder of images: two classes, any size.
+    folder = os.path.join(workspace, "my_images", ("cats", "dogs")[i % 2])
+    os.makedirs(folder, exist_ok=True)
+    size = (24 + 4 * i, 32 + 2 * i)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+        os.path.join(folder, f"{i}.{'png' if i % 3 else 'jpg'}"))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +124,8 @@ def test_documented_command_runs(docs_runs, index):
 
 def test_documented_runs_wrote_their_outputs(docs_runs):
   workspace, _ = docs_runs
-  for run in ("digits", "shapes_text", "photo_sr", "photo_colorize", "photo_inpaint", "cifar10"):
+  for run in ("digits", "shapes_text", "photo_sr", "photo_colorize", "photo_inpaint", "cifar10",
+              "my_images"):
     samples = os.path.join(workspace, "runs", run, "samples")
     assert any(n.endswith(".png") for n in os.listdir(samples)), run
   assert os.listdir(os.path.join(workspace, "runs", "digits", "eval"))
