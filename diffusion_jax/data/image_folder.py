@@ -21,7 +21,7 @@ from typing import Collection, NamedTuple, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diffusion_jax.data.source import DataError, Feature
 
@@ -51,7 +51,8 @@ class _Records:
       with Image.open(io.BytesIO(data)) as image:
         pixels = np.asarray(ImageOps.exif_transpose(image).convert(self._mode), np.uint8)
     except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError.
-      raise DataError(f"cannot read image {path}: {e}") from None
+      detail = "not a PNG or JPEG" if isinstance(e, UnidentifiedImageError) else str(e)
+      raise DataError(f"cannot read image {path}: {detail}") from None
     return {"image": pixels.reshape(*pixels.shape[:2], -1), "label": label}
 
 

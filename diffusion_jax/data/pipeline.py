@@ -19,13 +19,13 @@ import grain
 import jax
 import numpy as np
 
+from diffusion_jax.conditioning.tokenizer import build_vocab, words
 from diffusion_jax.config.errors import require, section_values
 from diffusion_jax.data import image_folder, tfds_source
 from diffusion_jax.data.order import GlobalOrder, ProcessSlice
 from diffusion_jax.data.preprocess import Preprocess, TextSpec, fit_image, stack
 from diffusion_jax.data.source import CachedRecords, DataError, Source, read
 from diffusion_jax.data.tfds_source import BUNDLED, get_builder
-from diffusion_jax.conditioning.tokenizer import build_vocab, words
 
 # data.name -> a source that is not a tfds dataset; any other name is looked up in tfds.
 SOURCES = {"image_folder": image_folder.ImageFolder}
@@ -181,8 +181,8 @@ class InputIterator(Iterator[dict]):
     have = self.state()
     keys = ("version", "dataset", "split", "split_size", "seed", "position")
     if not isinstance(state, dict) or sorted(state) != sorted(keys) or not all(
-        isinstance(state[k], int) and state[k] >= 0
-        for k in ("version", "split_size", "seed", "position")):
+        isinstance(state[k], int) for k in ("version", "split_size", "seed", "position")) \
+        or state["position"] < 0:
       raise DataError(f"not a saved input pipeline position: {state!r}")
     if state["version"] != STATE_VERSION:
       raise DataError(f"the saved input position has version {state['version']}; this "
@@ -226,8 +226,7 @@ def make_iterator(data_cfg, global_batch: int, seed: int, text: TextSpec = TextS
   records = source.records(data_cfg.split, skip=[k for k in source.features if k not in used])
   if data_cfg.cache:
     records = CachedRecords(records)
-  return InputIterator(data_cfg, records, size, global_batch, seed,
-                       prep, p, count)
+  return InputIterator(data_cfg, records, size, global_batch, seed, prep, p, count)
 
 
 def load_split_numpy(data_cfg, split: str, max_examples: int | None = None,
@@ -248,8 +247,7 @@ def load_split_numpy(data_cfg, split: str, max_examples: int | None = None,
   if text_emb:
     keys["text_emb"] = data_cfg.text_emb_key
   cols = {k: [] for k in keys}
-  for i in range(min(size, max_examples or size)):
-    record = records[i]
+  for record in _read_first(records, min(size, max_examples or size)):
     for k, feature in keys.items():
       cols[k].append(record[feature])
   cols["image"] = [fit_image(np.asarray(x), data_cfg.image_size) for x in cols["image"]]
@@ -265,9 +263,16 @@ def caption_vocab(data_cfg) -> tuple[list[str], int]:
   if data_cfg.text_key not in source.features:
     raise DataError(f"dataset {data_cfg.name!r} has no feature data.text_key="
                     f"{data_cfg.text_key!r} (features: {sorted(source.features)})")
-  records = source.records(data_cfg.split, skip=[data_cfg.image_key])
-  texts = [_text(records[i][data_cfg.text_key]) for i in range(len(records))]
+  records = source.records(data_cfg.split,
+                          skip=[k for k in source.features if k != data_cfg.text_key])
+  texts = [_text(r[data_cfg.text_key]) for r in _read_first(records, len(records))]
   return build_vocab(texts), max((len(words(t)) for t in texts), default=0)
+
+
+def _read_first(records, n: int, chunk: int = 256) -> Iterator[dict]:
+  """Records 0..n-1, read `chunk` at a time (one call each where the source batches)."""
+  for start in range(0, n, chunk):
+    yield from read(records, list(range(start, min(n, start + chunk))))
 
 
 def _text(value) -> str:

@@ -105,8 +105,12 @@ def test_bad_folders_get_one_clear_error(tmp_path):
   broken = tmp_path / "broken"
   (broken / "cat").mkdir(parents=True)
   (broken / "cat" / "x.png").write_bytes(b"not an image")
-  with pytest.raises(pipeline.DataError, match="cannot read image .*x.png"):
+  with pytest.raises(pipeline.DataError, match="cannot read image .*x.png: not a PNG or JPEG$"):
     pipeline.load_split_numpy(folder_cfg(broken), "train")
+  # Read in a background thread, the same error reaches the training loop.
+  write(str(broken / "cat" / "y.png"), np.zeros((4, 4, 3), np.uint8))
+  with pytest.raises(pipeline.DataError, match="cannot read image .*x.png: not a PNG or JPEG$"):
+    next(pipeline.make_iterator(folder_cfg(broken, num_classes=1), 2, seed=0))
 
 
 def test_exif_orientation_is_applied(tmp_path):
