@@ -167,7 +167,10 @@ class InputIterator(Iterator[dict]):
   def __next__(self) -> dict:
     if self._it is None:
       self._it = self._start()
-    batch = next(self._it)
+    try:
+      batch = next(self._it)
+    except DataError as e:  # From a reading thread: without what grain appended to it.
+      raise DataError(*e.problems) from None
     self._position += self._global_batch
     return batch
 

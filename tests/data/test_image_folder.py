@@ -62,6 +62,7 @@ def test_split_folders_and_slices(tmp_path):
   source = pipeline.check(cfg, {"data.split": ("train", 20), "eval.split": ("test", 6)})
   assert source.classes == ["cat", "dog"]
   assert source.split_size("train[:75%]", "f") == 15 and source.split_size("train[75%:]", "f") == 5
+  assert source.split_size("train+test", "f") == 26
   # A slice is a random subset of every class (records are in hash order, not by class).
   labels = pipeline.load_split_numpy(cfg, "train[:50%]")["label"]
   assert 2 <= labels.sum() <= 8
