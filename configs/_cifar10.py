@@ -4,7 +4,7 @@ from diffusion_jax.config import defaults as default
 
 
 def base(num_classes: int = 0, random_flip: bool = True):
-  """The defaults with CIFAR-10 as the data (needs `tfds build cifar10` in data_dir)."""
+  """The defaults with CIFAR-10 as the data (needs cifar10 prepared as ArrayRecord in data_dir: docs/datasets.md)."""
   c = default.get_config()
   d = c.data
   d.name = "cifar10"
@@ -12,6 +12,4 @@ def base(num_classes: int = 0, random_flip: bool = True):
   d.channels = 3
   d.num_classes = num_classes
   d.random_flip = random_flip
-  d.shuffle_buffer = 50_000
-  d.cache = True
   return c

@@ -12,7 +12,6 @@ def base(arg: str, name: str, num_steps: int = 3000):
   d.channels = 3
   d.num_classes = 0
   d.random_flip = True
-  d.shuffle_buffer = 10_000
 
   m = c.model
   m.ch = 16

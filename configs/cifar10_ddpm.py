@@ -4,7 +4,7 @@ The 35.7M-parameter network (35,746,307 parameters), linear betas 1e-4..0.02 wit
 T = 1000, eps prediction, Adam 2e-4 with 5,000 warmup steps, batch 128, gradient
 clipping at 1, EMA 0.9999, 800k steps, random flips. Paper: FID 3.17, IS 9.46
 (1000-step ancestral sampling from x_T with step variance beta_t, their "fixedlarge").
-Needs cifar10 prepared in data_dir (`tfds build cifar10`).
+Needs cifar10 prepared as ArrayRecord in data_dir (docs/datasets.md).
 
 Command (TPU/GPU):
   python -m diffusion_jax.main --config=configs/cifar10_ddpm.py --workdir=runs/cifar10_ddpm \

@@ -19,7 +19,7 @@ Not the same in detail: the time embedding is of 1000 t (score_sde: 999 t); our 
 is t = 1, 0.999, ..., 0.001 and ends with the denoiser's x0 estimate, score_sde's is
 linspace(1, 1e-3, 1000) and ends with a noise-free EM step.
 
-Needs cifar10 prepared in data_dir (`tfds build cifar10`). Command (TPU/GPU):
+Needs cifar10 prepared as ArrayRecord in data_dir (docs/datasets.md). Command (TPU/GPU):
   python -m diffusion_jax.main --config=configs/cifar10_ddpmpp_vp.py \
       --workdir=runs/cifar10_ddpmpp_vp --config.data.data_dir=/path/to/tensorflow_datasets
 Not yet run here; no result is claimed.

@@ -26,7 +26,7 @@ relies on that pipeline for x-flips and disables dataset flips, so with it off w
 plain random flips; the network sees t (EDM: c_noise = ln(sigma) / 4); the EMA decay is
 constant (EDM caps the half-life at 0.05 times the images seen so far).
 
-Needs cifar10 prepared in data_dir (`tfds build cifar10`). Command (GPUs/TPU):
+Needs cifar10 prepared as ArrayRecord in data_dir (docs/datasets.md). Command (GPUs/TPU):
   python -m diffusion_jax.main --config=configs/cifar10_edm_cond.py \
       --workdir=runs/cifar10_edm_cond --config.data.data_dir=/path/to/tensorflow_datasets
 Not yet run here; no result is claimed.

@@ -35,7 +35,7 @@ Not the same in detail: our PC predictor is Euler-Maruyama (score_sde: reverse
 diffusion); our grid is t = 1, 0.999, ..., 0.001 and ends with the denoiser's x0
 estimate (score_sde: linspace(1, 1e-5, 1000) and a final noise-free step).
 
-Needs cifar10 prepared in data_dir (`tfds build cifar10`). Command (TPU/GPU):
+Needs cifar10 prepared as ArrayRecord in data_dir (docs/datasets.md). Command (TPU/GPU):
   python -m diffusion_jax.main --config=configs/cifar10_ncsnpp_ve.py \
       --workdir=runs/cifar10_ncsnpp_ve --config.data.data_dir=/path/to/tensorflow_datasets
 Not yet run here; no result is claimed.

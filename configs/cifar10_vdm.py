@@ -22,7 +22,7 @@ network's output ("base measure"), draws times antithetically, and excludes bias
 weight decay; --mode=eval computes bits/dim by the probability-flow ODE, not VDM's
 continuous-time ELBO.
 
-Needs cifar10 prepared in data_dir (`tfds build cifar10`). Command (TPU/GPU):
+Needs cifar10 prepared as ArrayRecord in data_dir (docs/datasets.md). Command (TPU/GPU):
   python -m diffusion_jax.main --config=configs/cifar10_vdm.py \
       --workdir=runs/cifar10_vdm --config.data.data_dir=/path/to/tensorflow_datasets
 Not yet run here; no result is claimed.

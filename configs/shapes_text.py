@@ -22,7 +22,6 @@ def get_config(arg: str = ""):
   d.image_size = 32
   d.channels = 3
   d.num_classes = 0
-  d.shuffle_buffer = 10_000
 
   m = c.model
   m.ch = 16

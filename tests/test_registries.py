@@ -87,6 +87,14 @@ def test_every_bundled_dataset_is_a_builder(tmp_path):
     assert pipeline.get_builder(name, str(tmp_path)).name == name
 
 
+def test_every_source_reads_its_data_dir(tmp_path):
+  for name in pipeline.SOURCES:
+    c = defaults.get_config().data
+    c.name, c.data_dir = name, str(tmp_path / "missing")
+    with pytest.raises(pipeline.DataError, match=f"data.data_dir='{c.data_dir}'"):
+      pipeline.check(pipeline.DataConfig.from_config(c), {})
+
+
 def test_modes_of_the_command_line(capsys):
   assert main.run(["main", "--mode=score", "--workdir=/nonexistent",
                    "--config=" + os.path.join(ROOT, "configs", "digits.py")]) == 2
@@ -103,6 +111,7 @@ DOCS = [  # (page, registry): the page's tables list every name.
     ("processes-and-samplers.md", samplers.DDPM_VARIANCES),
     ("conditioning.md", conditions.IMAGE_CONDITIONS),
     ("datasets.md", pipeline.BUNDLED),
+    ("datasets.md", pipeline.SOURCES),
     ("evaluation.md", likelihood.METHODS),
 ]
 

@@ -65,12 +65,15 @@ def saved_config_paths(workdir: str) -> list[str]:
   return [os.path.join(workdir, n) for _, n in sorted(paths)]
 
 
-def _merge(node: ml_collections.ConfigDict, values: dict, where: str) -> None:
+def _merge(node: ml_collections.ConfigDict, values: dict, where: str, retired,
+           prefix: str = "") -> None:
   for k, v in values.items():
+    if prefix + k in retired:
+      continue
     if k not in node:
       raise ConfigError(f"{where}: field {k!r} is not a field of this version's config")
     if isinstance(v, dict) and isinstance(node[k], ml_collections.ConfigDict):
-      _merge(node[k], v, where)
+      _merge(node[k], v, where, retired, f"{prefix}{k}.")
     else:
       node[k] = tuple(v) if isinstance(v, list) else v
 
@@ -91,5 +94,5 @@ def load_saved(workdir: str) -> ml_collections.ConfigDict | None:
     raise ConfigError(f"cannot read the run's config {paths[-1]!r}: {e}") from None
   config = defaults.get_config()
   with config.ignore_type():
-    _merge(config, saved, paths[-1])
+    _merge(config, saved, paths[-1], defaults.RETIRED)
   return config

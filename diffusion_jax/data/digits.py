@@ -28,8 +28,9 @@ def split_indices(split: str, n: int) -> np.ndarray:
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's 8x8 handwritten digits as a tfds dataset."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "The same examples, prepared as ArrayRecord (read by index)."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -128,8 +128,9 @@ def patch(split: str, index: int, size: int = 32, seed: int = 0) -> dict:
 class PhotoPatches(tfds.core.GeneratorBasedBuilder):
   """Patches of bundled photographs (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "The same examples, prepared as ArrayRecord (read by index)."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name=name, description=(
           f"{c.size}x{c.size} patches: {c.train:,} train, {c.test:,} test."))

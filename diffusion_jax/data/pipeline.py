@@ -1,40 +1,44 @@
-"""tf.data input pipeline over any tfds dataset, sharded per JAX process.
+"""The input pipeline: one global order of a split, each process reading its own slice.
 
-Batches are dicts of numpy arrays: `image` float32 in [-1, 1] (B, H, W, C) and the
-conditions the model takes: `label` int32 (B,) for class-conditional configs; `tokens`
-int32 (B, L) for captions tokenized with the run's vocabulary; `text_emb` float32
-(B, L, D) and `text_mask` bool (B, L) for precomputed text embeddings (a token whose
-embedding is all zeros is padding). B is the per-process batch. Image conditions
-(low-resolution, grayscale, masked inputs) are made from `image` in the train step.
+`make_iterator` gives each JAX process its part of every global batch (data/order.py):
+the global order is a shuffle of the split drawn anew each epoch from (seed, epoch), and
+process p of P reads, by record index, only the examples of its contiguous slice. grain
+reads and preprocesses them (data/preprocess.py) in background threads. The iterator's
+position is a count of examples, the same on every process: `state()` saves it and
+`restore()` continues from it on any number of processes.
+
+Sources (data/source.py) are tfds datasets prepared as ArrayRecord, the datasets bundled
+with the package, and folders of images (`data.name="image_folder"`).
 """
 
 import dataclasses
-import os
-from typing import Iterator, NamedTuple
+import sys
+from typing import Iterator
 
+import grain
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from diffusion_jax.conditioning.tokenizer import Tokenizer, build_vocab, words
-from diffusion_jax.config.errors import ConfigError, require, section_values
-from diffusion_jax.data import digits as _digits  # Registers `sklearn_digits`.
-from diffusion_jax.data import photos as _photos  # Registers `photo_patches`.
-from diffusion_jax.data import shapes as _shapes  # Registers `shapes_captions`.
+from diffusion_jax.conditioning.tokenizer import build_vocab, words
+from diffusion_jax.config.errors import require, section_values
+from diffusion_jax.data import image_folder, tfds_source
+from diffusion_jax.data.order import GlobalOrder, ProcessSlice
+from diffusion_jax.data.preprocess import Preprocess, TextSpec, fit_image, stack
+from diffusion_jax.data.source import CachedRecords, DataError, Source, read
+from diffusion_jax.data.tfds_source import BUNDLED, get_builder
 
-# Datasets the package ships: prepared on first use, with nothing downloaded.
-BUNDLED = {"sklearn_digits": _digits.SklearnDigits, "photo_patches": _photos.PhotoPatches,
-           "shapes_captions": _shapes.ShapesCaptions}
+# data.name -> a source that is not a tfds dataset; any other name is looked up in tfds.
+SOURCES = {"image_folder": image_folder.ImageFolder}
+STATE_VERSION = 1  # Of the dict `InputIterator.state()` returns.
 
-
-class DataError(ConfigError):
-  """A dataset that cannot be found or read as configured."""
+__all__ = ["BUNDLED", "DataConfig", "DataError", "InputIterator", "SOURCES", "TextSpec",
+           "caption_vocab", "check", "get_builder", "load_split_numpy", "make_iterator",
+           "open_source"]
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """The `data` section: which dataset, which features, and at what size."""
+  """The `data` section: which dataset, which features, at what size, and how it is read."""
   name: str
   data_dir: str
   split: str
@@ -46,8 +50,9 @@ class DataConfig:
   channels: int
   num_classes: int
   random_flip: bool
-  shuffle_buffer: int
-  cache: bool
+  cache: bool = True
+  read_threads: int = 2
+  prefetch_batches: int = 2
 
   @classmethod
   def from_config(cls, data_cfg) -> "DataConfig":
@@ -56,66 +61,28 @@ class DataConfig:
     require(d.image_size > 0, f"data.image_size={d.image_size} must be > 0")
     require(d.channels in (1, 3), f"data.channels={d.channels} must be 1 (gray) or 3 (RGB)")
     require(d.num_classes >= 0, f"data.num_classes={d.num_classes} must be >= 0")
-    require(d.shuffle_buffer > 0, f"data.shuffle_buffer={d.shuffle_buffer} must be > 0")
+    require(d.read_threads >= 0, f"data.read_threads={d.read_threads} must be >= 0")
+    require(d.prefetch_batches >= 0,
+            f"data.prefetch_batches={d.prefetch_batches} must be >= 0")
     return d
 
 
-def default_data_dir() -> str:
-  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+def open_source(data_cfg) -> Source:
+  """The dataset `data_cfg` names (a bundled dataset is prepared the first time)."""
+  if data_cfg.name in SOURCES:
+    return SOURCES[data_cfg.name](data_cfg.data_dir, data_cfg.channels)
+  return tfds_source.open_tfds(data_cfg.name, data_cfg.data_dir or None)
 
 
-def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The dataset's builder, checked to be usable offline. Writes nothing.
-
-  Bundled datasets may be unprepared (they are prepared by `prepare`, in the default
-  data_dir or an existing one); any other dataset must already be prepared in
-  `data_dir` (e.g. with `tfds build`).
-  """
-  base = name.split(":")[0].split("/")[0]
-  if base not in BUNDLED and base not in tfds.list_builders(with_community_datasets=False):
-    raise DataError(f"unknown dataset data.name={name!r}: not a tfds dataset and not "
-                    f"bundled (bundled: {sorted(BUNDLED)})")
-  if data_dir and not os.path.isdir(data_dir):
-    raise DataError(f"data.data_dir={data_dir!r} does not exist"
-                    + ("" if base in BUNDLED else f" (dataset {name!r} must be prepared "
-                       f"there first, e.g. `tfds build {base} --data_dir=...`)"))
-  data_dir = data_dir or default_data_dir()
-  if base not in BUNDLED and not os.path.isdir(data_dir):
-    raise DataError(f"data_dir {data_dir!r} does not exist (dataset {name!r} must be "
-                    "prepared there first, e.g. `tfds build " + base + " --data_dir=...`)")
-  builder = tfds.builder(name, data_dir=data_dir)
-  if base not in BUNDLED and not builder.is_prepared():
-    raise DataError(f"dataset {name!r} is not prepared in data_dir {data_dir!r}; "
-                    f"prepare it with `tfds build {base} --data_dir={data_dir}`")
-  return builder
-
-
-def prepare(builder: tfds.core.DatasetBuilder) -> None:
-  """Prepares a bundled dataset in place the first time it is used."""
-  if not builder.is_prepared():
-    builder.download_and_prepare()
-
-
-def _split_size(builder: tfds.core.DatasetBuilder, split: str, field: str) -> int:
-  try:
-    return builder.info.splits[split].num_examples
-  except (KeyError, ValueError, AssertionError):
-    raise DataError(f"{field}={split!r} is not a split of {builder.info.full_name} "
-                    f"(splits: {sorted(builder.info.splits)})") from None
-
-
-def check(data_cfg: DataConfig, splits: dict[str, tuple[str, int]],
-          text: str = "") -> tfds.core.DatasetBuilder:
+def check(data_cfg, splits: dict[str, tuple[str, int]], text: str = "") -> Source:
   """Checks the dataset against the config, before anything is compiled or written.
 
   `splits` maps each split a run reads (the config field naming it -> the split) to
   the fewest examples it must hold; `text` is the model's text mode ("tokens",
-  "embeddings" or ""). Prepares a bundled dataset the first time. Returns the builder.
+  "embeddings" or ""). Prepares a bundled dataset the first time. Returns the source.
   """
-  builder = get_builder(data_cfg.name, data_cfg.data_dir or None)
-  prepare(builder)
-  features = builder.info.features
-  name = builder.info.full_name
+  source = open_source(data_cfg)
+  features, name = source.features, source.name
   want = {"data.image_key": data_cfg.image_key}
   if data_cfg.num_classes:
     want["data.label_key"] = data_cfg.label_key
@@ -127,109 +94,154 @@ def check(data_cfg: DataConfig, splits: dict[str, tuple[str, int]],
     require(key in features, f"{field}={key!r} is not a feature of {name} "
             f"(features: {sorted(features)})")
   shape = features[data_cfg.image_key].shape
-  require(len(shape) == 3 and shape[-1] == data_cfg.channels,
+  require(shape is not None and len(shape) == 3 and shape[-1] == data_cfg.channels,
           f"data.channels={data_cfg.channels}, but {name}'s {data_cfg.image_key!r} images "
           f"have shape {shape}")
   if data_cfg.num_classes:
-    label = features[data_cfg.label_key]
-    n = getattr(label, "num_classes", None)
+    n = features[data_cfg.label_key].num_classes
     require(n is None or n <= data_cfg.num_classes,
             f"data.num_classes={data_cfg.num_classes}, but {name}'s {data_cfg.label_key!r} "
             f"has {n} classes: labels would fall outside the model's classes")
   for field, (split, least) in splits.items():
-    size = _split_size(builder, split, field)
+    size = source.split_size(split, field)
     require(size > 0, f"{field}={split!r} of {name} is empty")
     require(size >= least, f"{field}={split!r} of {name} has {size} examples; the run "
             f"needs at least {least}")
-  return builder
+  return source
 
 
-class TextSpec(NamedTuple):
-  """Which text a batch carries: captions as token ids, or precomputed embeddings."""
-  tokenizer: Tokenizer | None = None
-  emb_key: str = ""
+class _ProcessBatches:
+  """Random access to this process's batches: step -> its (example position, record)s."""
+
+  def __init__(self, records, order: GlobalOrder, share: ProcessSlice):
+    self._records, self._order, self._share = records, order, share
+
+  def __len__(self) -> int:
+    return sys.maxsize  # Endless: epochs follow one another.
+
+  def __getitem__(self, step: int) -> list[tuple[int, dict]]:
+    positions = self._share.positions(step)
+    records = read(self._records, self._order.record_indices(positions).tolist())
+    return list(zip(positions.tolist(), records))
 
 
-def _tokenize(caption, tokenizer: Tokenizer):
-  # A string comparison against the vocabulary, not a lookup table: tables are
-  # stateful, and a stateful op would make the iterator impossible to checkpoint.
-  ws = tf.strings.split(tf.strings.lower(caption))
-  hit = tf.equal(ws[:, None], tf.constant(tokenizer.vocab)[None, :])
-  tf.debugging.assert_equal(tf.reduce_all(tf.reduce_any(hit, axis=1)), True,
-                            "caption word outside the run's vocabulary")
-  ids = tf.cast(tf.argmax(tf.cast(hit, tf.int32), axis=1), tf.int32)[:tokenizer.max_len] + 1
-  return tf.pad(ids, [[0, tokenizer.max_len - tf.shape(ids)[0]]])
+@dataclasses.dataclass(frozen=True)
+class _PreprocessBatch:
+  preprocess: Preprocess
+
+  def __call__(self, items: list[tuple[int, dict]]) -> dict:
+    return stack([self.preprocess(item) for item in items])
 
 
-def _preprocess(example, image_key: str, label_key: str | None, image_size: int,
-                random_flip: bool, seed: int, text: TextSpec, text_key: str):
-  image = example[image_key]
-  if image.shape[0] != image_size or image.shape[1] != image_size:
-    image = tf.image.resize(image, (image_size, image_size), method="area", antialias=True)
-  image = tf.cast(image, tf.float32) / 127.5 - 1.0
-  out = {"image": image}
-  if random_flip:
-    out["image"] = tf.image.stateless_random_flip_left_right(out["image"], seed)
-  if label_key:
-    out["label"] = tf.cast(example[label_key], tf.int32)
-  if text.tokenizer is not None:
-    out["tokens"] = _tokenize(example[text_key], text.tokenizer)
-  if text.emb_key:
-    emb = tf.cast(example[text.emb_key], tf.float32)
-    out["text_emb"] = emb
-    out["text_mask"] = tf.reduce_any(emb != 0, axis=-1)
-  return out
+class InputIterator(Iterator[dict]):
+  """This process's batches of the global order (see the module docstring).
 
-
-def make_dataset(data_cfg, local_batch_size: int, seed: int,
-                 builder: tfds.core.DatasetBuilder | None = None,
-                 text: TextSpec = TextSpec()) -> tf.data.Dataset:
-  """An infinite, shuffled, batched dataset for this process.
-
-  Deterministic for a given seed and process, so that the tf.data iterator can be
-  checkpointed and resumed exactly.
+  `next()` gives the process's slice of the next global batch; `state()` is where the
+  iterator stands (the same on every process, JSON-serialisable); `restore(state)`
+  continues there, on any number of processes.
   """
-  builder = builder or get_builder(data_cfg.name, data_cfg.data_dir)
-  prepare(builder)
-  split = tfds.split_for_jax_process(data_cfg.split, drop_remainder=True)
-  seed = seed + 1_000_003 * jax.process_index()
-  ds = builder.as_dataset(
-      split=split, shuffle_files=True,
-      read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False))
+
+  def __init__(self, data_cfg, records, split_size: int, global_batch: int, seed: int,
+               preprocess: Preprocess, process_index: int, process_count: int):
+    self._cfg, self._records, self._size = data_cfg, records, split_size
+    self._global_batch, self._seed, self._preprocess = global_batch, seed, preprocess
+    self._process_index, self._process_count = process_index, process_count
+    self._position = 0  # Examples of the global order consumed (by all processes).
+    self._it = None  # The grain iterator, started on the first `next`.
+
+  @property
+  def local_batch(self) -> int:
+    return self._global_batch // self._process_count
+
+  def _start(self):
+    share = ProcessSlice(self._position, self._global_batch, self._process_index,
+                         self._process_count)
+    batches = _ProcessBatches(self._records, GlobalOrder(self._size, self._seed), share)
+    prep = _PreprocessBatch(dataclasses.replace(self._preprocess, seed=self._seed))
+    # grain reads and preprocesses whole local batches ahead, in background threads.
+    ds = grain.MapDataset.source(batches).map(prep)
+    read_options = grain.ReadOptions(num_threads=self._cfg.read_threads,
+                                     prefetch_buffer_size=self._cfg.prefetch_batches)
+    return iter(ds.to_iter_dataset(read_options))
+
+  def __next__(self) -> dict:
+    if self._it is None:
+      self._it = self._start()
+    try:
+      batch = next(self._it)
+    except DataError as e:  # From a reading thread: without what grain appended to it.
+      raise DataError(*e.problems) from None
+    self._position += self._global_batch
+    return batch
+
+  def state(self) -> dict:
+    return {"version": STATE_VERSION, "dataset": self._cfg.name, "split": self._cfg.split,
+            "split_size": self._size, "seed": self._seed, "position": self._position}
+
+  def restore(self, state: dict) -> None:
+    """Continues at `state`'s position, in its order (a resumed run keeps the data
+    order it started with, whatever its seed now is)."""
+    have = self.state()
+    keys = ("version", "dataset", "split", "split_size", "seed", "position")
+    if not isinstance(state, dict) or sorted(state) != sorted(keys) or not all(
+        isinstance(state[k], int) for k in ("version", "split_size", "seed", "position")) \
+        or state["position"] < 0:
+      raise DataError(f"not a saved input pipeline position: {state!r}")
+    if state["version"] != STATE_VERSION:
+      raise DataError(f"the saved input position has version {state['version']}; this "
+                      f"version of diffusion_jax reads version {STATE_VERSION}")
+    saved = {k: state[k] for k in ("dataset", "split", "split_size")}
+    now = {k: have[k] for k in saved}
+    if saved != now:
+      raise DataError(f"the saved input position is for {saved}, but this run reads {now}: "
+                      "resume with the data.name and data.split it was trained on")
+    self.close()
+    self._seed, self._position = state["seed"], state["position"]
+
+  def close(self) -> None:
+    """Stops the background reading (it restarts on the next `next`)."""
+    if self._it is not None:
+      self._it.close()
+      self._it = None
+
+
+def make_iterator(data_cfg, global_batch: int, seed: int, text: TextSpec = TextSpec(),
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> InputIterator:
+  """This process's iterator over global batches of `global_batch` examples of
+  `data_cfg.split` (process index and count default to JAX's)."""
+  p = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  require(count > 0 and 0 <= p < count,
+          f"process_index={p} must be in [0, process_count={count})")
+  require(global_batch > 0 and global_batch % count == 0,
+          f"the global batch {global_batch} does not split evenly over {count} processes")
+  source = open_source(data_cfg)
+  size = source.split_size(data_cfg.split, "data.split")
+  require(size >= global_batch, f"data.split={data_cfg.split!r} of {source.name} has {size} "
+          f"examples, fewer than one global batch ({global_batch})")
+  prep = Preprocess(image_key=data_cfg.image_key,
+                    label_key=data_cfg.label_key if data_cfg.num_classes else "",
+                    text_key=data_cfg.text_key, image_size=data_cfg.image_size,
+                    random_flip=data_cfg.random_flip, seed=seed, text=text)
+  used = {data_cfg.image_key, prep.label_key, text.emb_key,
+          data_cfg.text_key if text.tokenizer is not None else ""}
+  records = source.records(data_cfg.split, skip=[k for k in source.features if k not in used])
   if data_cfg.cache:
-    ds = ds.cache()
-  ds = ds.repeat().shuffle(data_cfg.shuffle_buffer, seed=seed)
-  label_key = data_cfg.label_key if data_cfg.num_classes else None
-  # One stateless seed per example, from a counter, keeps flips deterministic.
-  ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
-  ds = ds.map(
-      lambda ex, i: _preprocess(ex, data_cfg.image_key, label_key, data_cfg.image_size,
-                                data_cfg.random_flip, tf.stack([tf.cast(seed, tf.int64), i]),
-                                text, data_cfg.text_key),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch_size, drop_remainder=True)
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.private_threadpool_size = 4
-  ds = ds.with_options(options)
-  return ds.prefetch(2)
-
-
-def as_numpy(iterator) -> Iterator[dict[str, np.ndarray]]:
-  for batch in iterator:
-    yield jax.tree.map(lambda x: x._numpy(), batch)
+    records = CachedRecords(records)
+  return InputIterator(data_cfg, records, size, global_batch, seed, prep, p, count)
 
 
 def load_split_numpy(data_cfg, split: str, max_examples: int | None = None,
                      captions: bool = False, text_emb: bool = False) -> dict:
-  """A split (in file order) as numpy: `image` uint8 at data.image_size, and `label`,
-  `caption` (str) and `text_emb` where asked for; for evaluation and sampling inputs."""
-  builder = get_builder(data_cfg.name, data_cfg.data_dir)
-  prepare(builder)
-  _split_size(builder, split, "split")
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  if max_examples:
-    ds = ds.take(max_examples)
+  """A split's first examples (in record order) as numpy: `image` uint8 at
+  data.image_size, and `label`, `caption` (str) and `text_emb` where asked for; for
+  evaluation and sampling inputs."""
+  source = open_source(data_cfg)
+  size = source.split_size(split, "split")
+  if size == 0:
+    raise DataError(f"split {split!r} of {source.name} is empty")
+  records = source.records(split)
   keys = {"image": data_cfg.image_key}
   if data_cfg.num_classes:
     keys["label"] = data_cfg.label_key
@@ -238,30 +250,33 @@ def load_split_numpy(data_cfg, split: str, max_examples: int | None = None,
   if text_emb:
     keys["text_emb"] = data_cfg.text_emb_key
   cols = {k: [] for k in keys}
-  for ex in tfds.as_numpy(ds):
+  for record in _read_first(records, min(size, max_examples or size)):
     for k, feature in keys.items():
-      cols[k].append(ex[feature])
-  if not cols["image"]:
-    raise DataError(f"split {split!r} of {data_cfg.name!r} is empty")
-  out = {k: np.stack(v) for k, v in cols.items()}
-  if "caption" in out:
-    out["caption"] = np.asarray([c.decode() for c in out["caption"]])
-  size = data_cfg.image_size
-  if out["image"].shape[1:3] != (size, size):
-    resized = tf.image.resize(out["image"], (size, size), method="area", antialias=True)
-    out["image"] = np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+      cols[k].append(record[feature])
+  cols["image"] = [fit_image(np.asarray(x), data_cfg.image_size) for x in cols["image"]]
+  out = {k: np.stack([np.asarray(x) for x in v]) for k, v in cols.items() if k != "caption"}
+  if "caption" in cols:
+    out["caption"] = np.asarray([_text(c) for c in cols["caption"]])
   return out
 
 
 def caption_vocab(data_cfg) -> tuple[list[str], int]:
   """The vocabulary of the training split's captions and the most words in one."""
-  builder = get_builder(data_cfg.name, data_cfg.data_dir)
-  prepare(builder)
-  if data_cfg.text_key not in builder.info.features:
+  source = open_source(data_cfg)
+  if data_cfg.text_key not in source.features:
     raise DataError(f"dataset {data_cfg.name!r} has no feature data.text_key="
-                    f"{data_cfg.text_key!r} (features: {sorted(builder.info.features)})")
-  ds = builder.as_dataset(split=data_cfg.split, shuffle_files=False,
-                          decoders={data_cfg.image_key: tfds.decode.SkipDecoding()})
-  texts = [ex[data_cfg.text_key].decode()
-           for ex in tfds.as_numpy(ds.map(lambda e: {data_cfg.text_key: e[data_cfg.text_key]}))]
+                    f"{data_cfg.text_key!r} (features: {sorted(source.features)})")
+  records = source.records(data_cfg.split,
+                          skip=[k for k in source.features if k != data_cfg.text_key])
+  texts = [_text(r[data_cfg.text_key]) for r in _read_first(records, len(records))]
   return build_vocab(texts), max((len(words(t)) for t in texts), default=0)
+
+
+def _read_first(records, n: int, chunk: int = 256) -> Iterator[dict]:
+  """Records 0..n-1, read `chunk` at a time (one call each where the source batches)."""
+  for start in range(0, n, chunk):
+    yield from read(records, list(range(start, min(n, start + chunk))))
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)

@@ -93,8 +93,9 @@ def example(split: str, index: int, seed: int = 0) -> dict:
 class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
   """Shapes and their captions, rendered offline (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "The same examples, prepared as ArrayRecord (read by index)."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="default", description="50,000 train, 2,000 test."),
       tfds.core.BuilderConfig(name="tiny", description="512 train, 128 test (for tests)."),

@@ -15,8 +15,8 @@ from diffusion_jax.training.writer import MetricWriter
 
 
 def _batches(it, mesh):
-  for batch in it:
-    yield mesh_lib.global_batch({k: v._numpy() for k, v in batch.items()}, mesh)
+  for batch in it:  # This process's slice of each global batch.
+    yield mesh_lib.global_batch(batch, mesh)
 
 
 def train_and_evaluate(config, workdir: str, mesh=None, hooks=(),
@@ -39,13 +39,12 @@ def train_and_evaluate(config, workdir: str, mesh=None, hooks=(),
   text = pipeline.TextSpec(
       tokenizer=tokenizer,
       emb_key=spec.data.text_emb_key if spec.model.text == "embeddings" else "")
-  ds = pipeline.make_dataset(spec.data, tcfg.batch_size // jax.process_count(), spec.seed,
-                             text=text)
-  it = iter(ds)
+  it = pipeline.make_iterator(spec.data, tcfg.batch_size, spec.seed, text)
   manager = checkpoint.make_manager(workdir, tcfg.keep_checkpoints)
   meta = workdir_lib.model_meta(spec, tokenizer)
   if start_step is not None:
-    state = checkpoint.restore(manager, start_step, abstract, it)
+    state = checkpoint.restore(manager, start_step, abstract)
+    it.restore(checkpoint.restore_iterator_state(manager, start_step))
     writer.log(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start_step}")
   else:
     state = init(key)
@@ -57,7 +56,7 @@ def train_and_evaluate(config, workdir: str, mesh=None, hooks=(),
   writer.log(f"{n_params:,} parameters, {mesh.devices.size} devices, "
              f"global batch {tcfg.batch_size}, steps {int(state.step)}->{tcfg.num_steps}")
   state = loop.train(state, step_fn, _batches(it, mesh), tcfg, writer,
-                     save=lambda step, s: checkpoint.save(manager, step, s, it, meta),
+                     save=lambda step, s: checkpoint.save(manager, step, s, it.state(), meta),
                      extra_scalars=lambda step: {"lr": float(lr_fn(step - 1))}, hooks=hooks)
 
   if tcfg.sample_at_end:
@@ -65,6 +64,7 @@ def train_and_evaluate(config, workdir: str, mesh=None, hooks=(),
     path = sample_run.write_sample_set(spec, workdir, state.ema_params, int(state.step), mesh,
                                        inputs, record, net)
     writer.log(f"samples: {path}")
+  it.close()
   manager.close()
   writer.close()
   return state

@@ -66,6 +66,8 @@ def check(spec: Spec, workdir: str, mode: str) -> int | None:
             f"--mode={mode}: no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
   if step is None:
     return None
+  if mode == "train":
+    checkpoint.check_iterator_item(workdir, step)
   saved = checkpoint.read_meta(workdir, step)
   # Fields added after the checkpoint was written take their defaults, which build the
   # network it was trained as.

@@ -1,41 +1,13 @@
-"""Checkpoints: orbax CheckpointManager over the train state, the input iterator
-position and the model's config, in WORKDIR/checkpoints/<step>/."""
+"""Checkpoints: orbax CheckpointManager over the train state, the input pipeline's
+position (a small JSON dict, the same on every process) and the model's config, in
+WORKDIR/checkpoints/<step>/."""
 
-import dataclasses
 import json
 import os
-from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
-import tensorflow as tf
-from etils import epath
 
-
-class TfIteratorHandler(ocp.CheckpointHandler):
-  """Saves each process's tf.data iterator (position and shuffle buffer)."""
-
-  def _prefix(self, directory: epath.Path) -> str:
-    return os.fspath(directory / f"process_{jax.process_index()}" / "iterator")
-
-  def save(self, directory: epath.Path, args: "IteratorSave"):
-    tf.train.Checkpoint(iterator=args.iterator).write(self._prefix(directory))
-
-  def restore(self, directory: epath.Path, args: "IteratorRestore"):
-    tf.train.Checkpoint(iterator=args.iterator).read(self._prefix(directory)).assert_consumed()
-    return args.iterator
-
-
-@ocp.args.register_with_handler(TfIteratorHandler, for_save=True)
-@dataclasses.dataclass
-class IteratorSave(ocp.args.CheckpointArgs):
-  iterator: Any
-
-
-@ocp.args.register_with_handler(TfIteratorHandler, for_restore=True)
-@dataclasses.dataclass
-class IteratorRestore(ocp.args.CheckpointArgs):
-  iterator: Any
+from diffusion_jax.config.errors import ConfigError
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -47,8 +19,7 @@ def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.Checkpoint
       max_to_keep=keep, create=create, enable_async_checkpointing=False)
   return ocp.CheckpointManager(
       checkpoint_dir(workdir), options=options,
-      item_names=("state", "iterator", "meta"),
-      item_handlers={"iterator": TfIteratorHandler()})
+      item_names=("state", "iterator", "meta"))
 
 
 def latest_step(workdir: str) -> int | None:
@@ -68,18 +39,34 @@ def read_meta(workdir: str, step: int) -> dict:
     return json.load(f)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, iterator, meta: dict) -> None:
+def check_iterator_item(workdir: str, step: int) -> None:
+  """Checkpoint `step` must hold the input position as JSON: checkpoints written
+  before it did (one tf.data iterator per process) cannot be resumed."""
+  if os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step), "iterator", "process_0")):
+    raise ConfigError(
+        f"checkpoint {step} in {checkpoint_dir(workdir)!r} holds a tf.data iterator "
+        "(written before the input pipeline read by index) and cannot be resumed; sample "
+        "or evaluate it, or train in a new workdir")
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, iterator_state: dict,
+         meta: dict) -> None:
+  """Saves the train state, the input position (`InputIterator.state()`) and `meta`."""
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      iterator=IteratorSave(iterator),
+      iterator=ocp.args.JsonSave(iterator_state),
       meta=ocp.args.JsonSave(meta)), force=True)
   manager.wait_until_finished()
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator=None):
-  """Restores the state (into the shardings of `abstract_state`) and the iterator."""
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
-  if iterator is not None:
-    items["iterator"] = IteratorRestore(iterator)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """The train state, restored into the shardings of `abstract_state`."""
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))
   return restored["state"]
+
+
+def restore_iterator_state(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The input position saved with checkpoint `step` (for `InputIterator.restore`)."""
+  restored = manager.restore(step, args=ocp.args.Composite(iterator=ocp.args.JsonRestore()))
+  return restored["iterator"]

@@ -158,8 +158,7 @@ def test_pipeline_tokens_match_the_tokenizer(data_dir):
   vocab, longest = pipeline.caption_vocab(c.data)
   assert vocab == shapes.vocabulary() and longest == 15
   tok = Tokenizer(vocab, 16)
-  ds = pipeline.make_dataset(c.data, 8, 0, text=pipeline.TextSpec(tokenizer=tok))
-  batch = next(iter(pipeline.as_numpy(ds)))
+  batch = next(pipeline.make_iterator(c.data, 8, 0, pipeline.TextSpec(tokenizer=tok)))
   assert batch["tokens"].shape == (8, 16) and batch["image"].shape == (8, 32, 32, 3)
   for caption in tok.decode(batch["tokens"]):
     assert shapes_detector_grammar(caption)
@@ -193,7 +192,7 @@ class TinyEmbeddings(tfds.core.GeneratorBasedBuilder):
 
 def test_precomputed_embeddings_train_end_to_end(tmp_path):
   builder = TinyEmbeddings(data_dir=str(tmp_path))
-  builder.download_and_prepare()
+  builder.download_and_prepare(file_format="array_record")
   c = apply_overrides(default.get_config(), tiny_overrides())
   c.data.channels, c.data.num_classes, c.model.out_channels, c.model.num_classes = 3, 0, 3, 0
   c.training.label_dropout, c.training.text_dropout = 0.0, 0.3
@@ -201,9 +200,8 @@ def test_precomputed_embeddings_train_end_to_end(tmp_path):
   c.model.text_max_len = 4
   c.sample.text_guidance_scale = 2.0
   spec = spec_lib.parse(c, num_devices=1)
-  ds = pipeline.make_dataset(c.data, 8, 0, builder=builder,
-                             text=pipeline.TextSpec(emb_key="text_emb"))
-  batch = next(iter(pipeline.as_numpy(ds)))
+  c.data.name, c.data.data_dir = "tiny_embeddings", str(tmp_path)
+  batch = next(pipeline.make_iterator(c.data, 8, 0, pipeline.TextSpec(emb_key="text_emb")))
   assert batch["text_emb"].shape == (8, 4, 6)
   np.testing.assert_array_equal(batch["text_mask"], np.any(batch["text_emb"] != 0, -1))
   assert 1 <= batch["text_mask"].sum(1).min() and batch["text_mask"].sum(1).max() <= 3

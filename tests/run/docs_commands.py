@@ -1,6 +1,6 @@
 """The `python -m diffusion_jax...` commands of README.md and docs/, and how the tests
 run them: in a scratch directory that holds `configs/` (a link to the repository's),
-the input files the commands name, and a small `cifar10` prepared in a local data_dir.
+the input files and the folder of images the commands name, and a small `cifar10` prepared in a local data_dir.
 Train commands get the config's `:runlocal` variant where it has one and the shrinking
 overrides below, for the fields the command does not set itself.
 """
@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import ROOT, fmt, run_main
+from tests.data.fake_datasets import prepare_cifar10
 
 # Pages in the order their commands run (a page may use a run an earlier one made);
 # pages not named here run after, in name order.
@@ -84,27 +85,12 @@ def prepare_inputs(workspace: str) -> None:
     rgba[..., 3] = 255
     rgba[8:20, 10:24, 3] = 0
     Image.fromarray(rgba).save(os.path.join(holes, f"{i}.png"))
-
-
-def prepare_cifar10(data_dir: str) -> None:
-  """A prepared `cifar10` of random images, under the real builder's name and version."""
-  import tensorflow_datasets as tfds
-
-  class FakeCifar10(tfds.builder_cls("cifar10"), skip_registration=True):
-    name = "cifar10"
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._examples(16, 0), "test": self._examples(8, 1)}
-
-    def _examples(self, n, seed):
-      rng = np.random.default_rng(seed)
-      for i in range(n):
-        yield i, {"id": f"{seed}_{i}", "label": i % 10,
-                  "image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)}
-
-  FakeCifar10(data_dir=data_dir).download_and_prepare()
-
-
+  for i in range(12):  # docs/datasets.md's folder of images: two classes, any size.
+    folder = os.path.join(workspace, "my_images", ("cats", "dogs")[i % 2])
+    os.makedirs(folder, exist_ok=True)
+    size = (24 + 4 * i, 32 + 2 * i)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+        os.path.join(folder, f"{i}.{'png' if i % 3 else 'jpg'}"))
 
 
 def run_all(workspace: str) -> list[tuple[str, list[str], object]]:

@@ -25,7 +25,8 @@ def test_documented_command_runs(docs_runs, index):
 
 def test_documented_runs_wrote_their_outputs(docs_runs):
   workspace, _ = docs_runs
-  for run in ("digits", "shapes_text", "photo_sr", "photo_colorize", "photo_inpaint", "cifar10"):
+  for run in ("digits", "shapes_text", "photo_sr", "photo_colorize", "photo_inpaint", "cifar10",
+              "my_images"):
     samples = os.path.join(workspace, "runs", run, "samples")
     assert any(n.endswith(".png") for n in os.listdir(samples)), run
   assert os.listdir(os.path.join(workspace, "runs", "digits", "eval"))
