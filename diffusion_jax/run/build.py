@@ -31,7 +31,8 @@ def checked(config, workdir: str, mode: str, num_devices: int):
   """Every check of a run in `mode`, before anything is compiled or written:
   (spec, the workdir's checkpoints (checkpoint.Found), tokenizer or None). A problem
   on any process is a ConfigError on every process."""
-  return distributed.checked(_checked, config, workdir, mode, num_devices)
+  # Process 0 first: it prepares a bundled dataset that the others then read.
+  return distributed.checked(_checked, config, workdir, mode, num_devices, primary_first=True)
 
 
 def use_compilation_cache(spec: spec_lib.Spec, workdir: str) -> None:

@@ -55,13 +55,15 @@ def train_and_evaluate(config, workdir: str, mesh=None, hooks=(), listeners=(),
   # Everything is checked: from here on the workdir is written, by this run only.
   lock = distributed.checked(_take_lock, workdir, run_id, tcfg.lock_stale_minutes)
   try:
-    return _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock)
+    # From here, SIGTERM (even while compiling) saves at the next step and stops.
+    with preemption.Watch() as preempted:
+      return _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preempted)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock):
+def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preempted):
   tcfg = spec.training
   build.use_compilation_cache(spec, workdir)
   if distributed.is_primary():
@@ -94,13 +96,12 @@ def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock):
              f"global batch {tcfg.batch_size}, steps {int(state.step)}->{tcfg.num_steps}")
   all_hooks = [*hooks, lock.refresh] if lock is not None else list(hooks)
   try:
-    with preemption.Watch() as preempted:
-      state = loop.train(
-          state, step_fn, _batches(it, mesh), tcfg, writer,
-          save=lambda step, s: checkpoint.save(manager, step, s, it.state(), meta),
-          extra_scalars=lambda step: {"lr": float(lr_fn(step - 1))}, hooks=all_hooks,
-          preempted=preempted)
-      manager.wait_until_finished()
+    state = loop.train(
+        state, step_fn, _batches(it, mesh), tcfg, writer,
+        save=lambda step, s: checkpoint.save(manager, step, s, it.state(), meta),
+        extra_scalars=lambda step: {"lr": float(lr_fn(step - 1))}, hooks=all_hooks,
+        preempted=preempted)
+    manager.wait_until_finished()
   finally:
     manager.close()  # Waits for a save in progress.
 

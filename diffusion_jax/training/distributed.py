@@ -272,13 +272,23 @@ def agree(error: ConfigError | None) -> None:
                       for line in t.splitlines()])
 
 
-def checked(fn, *args, **kwargs):
+def checked(fn, *args, primary_first: bool = False, **kwargs):
   """fn(*args, **kwargs), its ConfigError raised on every process if any process
-  raised one."""
-  try:
-    result, error = fn(*args, **kwargs), None
-  except ConfigError as e:
-    result, error = None, e
+  raised one. `primary_first`: process 0 runs it before the others (it may write
+  what they then read, e.g. prepare a bundled dataset)."""
+  def attempt(run: bool):
+    try:
+      return (fn(*args, **kwargs) if run else None), None
+    except ConfigError as e:
+      return None, e
+
+  if primary_first and jax.process_count() > 1:
+    result, error = attempt(is_primary())
+    agree(error)
+    if is_primary():
+      agree(None)
+      return result
+  result, error = attempt(True)
   agree(error)
   return result
 
