@@ -9,8 +9,14 @@ Config fields are overridden with --config.<field>=<value> (unknown fields are e
 Sampling and evaluation use the config the run was trained with (DIR's saved config);
 --config is then optional, and only the fields of SAMPLING_FIELDS may be overridden.
 
+Several processes (a TPU pod slice, a GPU cluster, local processes) run the same
+command, one per host: where JAX detects the cluster (Cloud TPU VMs, SLURM, Open MPI)
+nothing more is needed; elsewhere each process gets --coordinator_address=HOST:PORT,
+--num_processes=N and its --process_id=I (docs/pods.md).
+
 Every bad input stops with one `error: ...` line per problem and exit status 2, before
-anything is compiled or written; a run that diverges exits with status 1.
+anything is compiled or written (on every process); a run that diverges exits with
+status 1; SIGTERM saves a checkpoint, prints `preempted at step N` and exits with 0.
 """
 
 import os
@@ -70,6 +76,14 @@ def _define_flags(fv: flags.FlagValues, argv: list[str]) -> str | None:
                       flag_values=fv)
   flags.DEFINE_string("cascade_from", None, "--mode=sample with a super-resolution model: "
                       "the base model's workdir, whose samples are upsampled.", flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None, "Several processes, where JAX does not "
+                      "detect the cluster: HOST:PORT of process 0 (the same on every process).",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Several processes: how many.", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0..N-1.",
+                       flag_values=fv)
+  flags.DEFINE_integer("initialization_timeout", 300, "Several processes: seconds to wait "
+                       "for all of them to start and connect.", flag_values=fv)
   workdir, mode = _flag_value(argv, "workdir"), _flag_value(argv, "mode") or "train"
   if _flag_value(argv, "config") is None and mode != "train" and workdir:
     try:
@@ -130,17 +144,17 @@ def _check_given_config(config, workdir: str) -> None:
                       "drop --config to use it")
 
 
-def _run_train(fv, given):
+def _run_train(fv, given, run_id):
   from diffusion_jax.run import train
-  train.train_and_evaluate(fv.config, fv.workdir)
+  train.train_and_evaluate(fv.config, fv.workdir, run_id=run_id)
 
 
-def _run_sample(fv, given):
+def _run_sample(fv, given, run_id):
   from diffusion_jax.run import sample
   sample.sample_from_workdir(fv.config, fv.workdir, given, cascade_from=fv.cascade_from)
 
 
-def _run_eval(fv, given):
+def _run_eval(fv, given, run_id):
   from diffusion_jax.run import evaluate
   evaluate.evaluate_likelihood(fv.config, fv.workdir)
 
@@ -156,7 +170,7 @@ def _sample_inputs(fv):
     try:
       labels = np.asarray([int(v) for v in fv.labels], np.int32)
     except ValueError:
-      _fail(f"--labels must be integers, got {','.join(fv.labels)}")
+      raise ConfigError(f"--labels must be integers, got {','.join(fv.labels)}") from None
   prompts = fv.prompt
   if fv.prompts_file is not None:
     prompts = inputs.read_prompts(fv.prompts_file)
@@ -189,16 +203,27 @@ def _main(argv: list[str]) -> None:
     _check_overrides(argv, mode, saved)
 
   # Imported only now: a bad flag fails fast, before JAX and TensorFlow start.
+  from diffusion_jax.training import distributed, loop
+  try:
+    launch = distributed.Launch.from_flags(fv.coordinator_address, fv.num_processes,
+                                           fv.process_id, fv.initialization_timeout)
+    distributed.initialize(launch)  # Before anything touches devices.
+    run_id = distributed.agree_on_run(
+        config.to_json_best_effort(sort_keys=True) + f"\n{workdir}\n{mode}")
+  except ConfigError as e:
+    _fail(*e.problems)
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerators for JAX.
   try:
-    given = _sample_inputs(fv) if mode == "sample" else None
+    given = distributed.checked(_sample_inputs, fv) if mode == "sample" else None
     if mode != "train" and not saved:
-      _check_given_config(config, workdir)
+      distributed.checked(_check_given_config, config, workdir)
     # Every mode checks config, data and workdir before compiling or writing anything.
-    MODES[mode](fv, given)
+    MODES[mode](fv, given, run_id)
   except ConfigError as e:
     _fail(*e.problems)
+  except loop.Preempted as e:  # Saved at a step every process agreed on: resume later.
+    print(str(e), flush=True)
   except FloatingPointError as e:  # Diverged: the last good checkpoint is kept.
     _fail(str(e), code=1)
 

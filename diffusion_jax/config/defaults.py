@@ -113,6 +113,17 @@ def get_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 1000  # Steps between checkpoints (and one at the end).
   t.keep_checkpoints = 3  # Checkpoints kept; older ones are deleted.
   t.sample_at_end = True  # Write a sample set when training finishes.
+  # Updates with a non-finite loss, gradient or result are skipped (state unchanged);
+  # this many in a row stop the run with an error.
+  t.max_consecutive_skips = 10
+  t.async_checkpoints = True  # Write checkpoints in the background while training goes on.
+  # Persistent XLA compilation cache (local or gs://), so that a resumed run skips
+  # compiling; "" = $JAX_COMPILATION_CACHE_DIR if set, else WORKDIR/compilation_cache;
+  # "none" = off.
+  t.compilation_cache_dir = ""
+  # A workdir lock (WORKDIR/lock.json) held by a run on another host that has not
+  # refreshed it for this long is taken over (on this host: when its process is gone).
+  t.lock_stale_minutes = 30.0
 
   # --- Optimizer: AdamW with warmup and global-norm clipping.
   c.optim = o = ml_collections.ConfigDict()

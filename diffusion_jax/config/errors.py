@@ -8,6 +8,7 @@ line per problem naming the field, the value and what is allowed.
 import contextlib
 import dataclasses
 import math
+import sys
 import typing
 from typing import Any, Iterable
 
@@ -18,6 +19,14 @@ class ConfigError(ValueError):
   def __init__(self, *problems: str):
     super().__init__("\n".join(problems))
     self.problems = tuple(problems)
+
+
+def warn(msg: str) -> None:
+  """One `warning: ...` line on stderr, from process 0 only (every process of a
+  multi-process run meets the same condition)."""
+  import jax  # Lazy: the config layer needs no JAX otherwise.
+  if jax.process_index() == 0:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def require(ok: bool, msg: str) -> None:

@@ -11,6 +11,7 @@ import os
 import types
 
 import ml_collections
+from etils import epath
 
 from diffusion_jax.config.errors import ConfigError
 
@@ -51,18 +52,22 @@ SAVED_CONFIG = "config.json"
 def saved_config_paths(workdir: str) -> list[str]:
   """The resolved configs a workdir's runs wrote, oldest first: config.json, then
   config_resumed_at_step_<N>[-k].json for each resume that changed a field."""
-  if not os.path.isdir(workdir):
-    return []
+  directory = epath.Path(workdir)
+  try:
+    names = list(directory.iterdir()) if directory.is_dir() else []
+  except Exception as e:  # A filesystem (gs://, ...) that cannot be reached or read.
+    raise ConfigError(f"cannot read workdir {workdir!r}: "
+                      + " ".join(f"{type(e).__name__}: {e}".split())[:300]) from None
   paths = []
-  for name in os.listdir(workdir):
-    stem, ext = os.path.splitext(name)
+  for p in names:
+    name, stem, ext = p.name, p.stem, p.suffix
     if name == SAVED_CONFIG:
       paths.append(((-1, 0), name))
     elif stem.startswith("config_resumed_at_step_") and ext == ".json":
       step, _, k = stem[len("config_resumed_at_step_"):].partition("-")
       if step.isdigit() and (not k or k.isdigit()):
         paths.append(((int(step), int(k or 0)), name))
-  return [os.path.join(workdir, n) for _, n in sorted(paths)]
+  return [str(directory / n) for _, n in sorted(paths)]
 
 
 def _merge(node: ml_collections.ConfigDict, values: dict, where: str, retired,
@@ -88,8 +93,7 @@ def load_saved(workdir: str) -> ml_collections.ConfigDict | None:
   if not paths:
     return None
   try:
-    with open(paths[-1]) as f:
-      saved = json.load(f)
+    saved = json.loads(epath.Path(paths[-1]).read_text())
   except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read the run's config {paths[-1]!r}: {e}") from None
   config = defaults.get_config()

@@ -4,27 +4,48 @@ the initial or restored train state; and every check a mode needs, in one call."
 import functools
 
 import jax
+from etils import epath
 
-from diffusion_jax.config.errors import ConfigError
+from diffusion_jax.config.errors import ConfigError, warn
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.run import workdir as workdir_lib
-from diffusion_jax.training import checkpoint, mesh as mesh_lib, optimizer, state as state_lib
+from diffusion_jax.training import checkpoint, distributed, mesh as mesh_lib, optimizer
+from diffusion_jax.training import state as state_lib
 from diffusion_jax.training.step import make_train_step
 
 
-def checked(config, workdir: str, mode: str, num_devices: int):
-  """Every check of a run in `mode`, before anything is compiled or written:
-  (spec, latest checkpoint step or None, tokenizer or None)."""
+def _checked(config, workdir: str, mode: str, num_devices: int):
   spec = spec_lib.parse(config, num_devices)
   if mode == "eval":
     spec.eval.check_model(spec.model.text, spec.cond.image)
   splits = {"train": {"data.split": (spec.data.split, spec.training.batch_size)},
             "eval": {"eval.split": (spec.eval.split, 1)}}.get(mode, {})
   pipeline.check(spec.data, splits, spec.model.text)
-  step = workdir_lib.check(spec, workdir, mode)
-  return spec, step, workdir_lib.tokenizer(spec, workdir, step)
+  found = workdir_lib.check(spec, workdir, mode)
+  return spec, found, workdir_lib.tokenizer(spec, workdir, found)
+
+
+def checked(config, workdir: str, mode: str, num_devices: int):
+  """Every check of a run in `mode`, before anything is compiled or written:
+  (spec, the workdir's checkpoints (checkpoint.Found), tokenizer or None). A problem
+  on any process is a ConfigError on every process."""
+  # Process 0 first: it prepares a bundled dataset that the others then read.
+  return distributed.checked(_checked, config, workdir, mode, num_devices, primary_first=True)
+
+
+def use_compilation_cache(spec: spec_lib.Spec, workdir: str) -> None:
+  """Turns on JAX's persistent compilation cache (before anything compiles), so that
+  a resumed or preempted run loads its programs instead of compiling them:
+  training.compilation_cache_dir, else $JAX_COMPILATION_CACHE_DIR, else
+  WORKDIR/compilation_cache. JAX writes it from process 0 only."""
+  chosen = spec.training.compilation_cache_dir
+  if chosen == "none":
+    return
+  if chosen or not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      chosen or str(epath.Path(workdir) / "compilation_cache"))
 
 
 def model(spec: spec_lib.Spec) -> UNet:
@@ -63,14 +84,43 @@ def init_fns(spec: spec_lib.Spec, net: UNet, tx, mesh):
   return init, key, abstract
 
 
-def load_state(spec: spec_lib.Spec, workdir: str, step: int, mesh) -> state_lib.TrainState:
-  """The train state of a checkpoint."""
+def restore_state(spec: spec_lib.Spec, workdir: str, found: checkpoint.Found, mesh,
+                  manager=None, with_iterator: bool = False):
+  """(step, state, input position or None, the steps that failed) of the newest
+  checkpoint whose arrays read back: one that fails is reported and the previous one
+  tried; training sets the failed ones aside."""
   net = model(spec)
   _, _, abstract = init_fns(spec, net, optimizer_of(spec), mesh)
-  manager = checkpoint.make_manager(workdir, spec.training.keep_checkpoints, create=False)
-  state = checkpoint.restore(manager, step, abstract)
-  manager.close()
-  return state
+  own = manager is None
+  manager = manager or checkpoint.reader(workdir)
+  failed = []
+  try:
+    for i, step in enumerate(found.usable):
+      try:
+        state, position = checkpoint.restore(manager, step, abstract, with_iterator)
+        why = ""
+      except Exception as e:  # Whatever orbax or the filesystem raise.
+        state, position, why = None, None, " ".join(f"{type(e).__name__}: {e}".split())[:300]
+      # The processes read the same files; if any failed, they all fall back.
+      whys = [w for w in distributed.gather_text(why) if w]
+      if not whys:
+        return step, state, position, failed
+      older = found.usable[i + 1] if i + 1 < len(found.usable) else None
+      warn(f"checkpoint {checkpoint.checkpoint_dir(workdir) / str(step)} cannot be "
+           f"restored ({whys[0]}); "
+           + (f"falling back to step {older}" if older is not None else "none is older"))
+      failed.append(step)
+  finally:
+    if own:
+      manager.close()
+  raise ConfigError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)} can be restored "
+                    "(see the warnings above)")
+
+
+def load_state(spec: spec_lib.Spec, workdir: str, found: checkpoint.Found,
+               mesh) -> state_lib.TrainState:
+  """The train state of the newest checkpoint that reads back."""
+  return restore_state(spec, workdir, found, mesh)[1]
 
 
 def restore_run(workdir: str, mesh, config=None):
@@ -80,9 +130,9 @@ def restore_run(workdir: str, mesh, config=None):
   config = config if config is not None else files.load_saved(workdir)
   if config is None:
     raise ConfigError(f"{workdir!r} holds no saved config: not a diffusion_jax workdir")
-  spec, step, tokenizer = checked(config, workdir, "sample", mesh.devices.size)
-  return spec, load_state(spec, workdir, step, mesh), tokenizer
+  spec, found, tokenizer = checked(config, workdir, "sample", mesh.devices.size)
+  return spec, load_state(spec, workdir, found, mesh), tokenizer
 
 
-__all__ = ["restore_run", "checked", "init_fns", "jitted_train_step", "load_state", "model", "optimizer_of",
-           "train_step"]
+__all__ = ["restore_run", "checked", "init_fns", "jitted_train_step", "load_state", "model",
+           "optimizer_of", "restore_state", "train_step"]

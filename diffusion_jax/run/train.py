@@ -1,16 +1,18 @@
 """--mode=train: `train_and_evaluate(config, workdir)` checks everything, then trains
-(resuming from the workdir's latest checkpoint) and writes a sample set at the end."""
-
-import os
+(resuming from the workdir's newest readable checkpoint) and writes a sample set at
+the end. Every process runs it; process 0 holds the workdir lock and writes the logs,
+the config and the samples, and every process saves its part of the checkpoints."""
 
 import jax
+from etils import epath
 
 from diffusion_jax.data import pipeline
-from diffusion_jax.run import build
+from diffusion_jax.run import build, lock as lock_lib
 from diffusion_jax.run import sample as sample_run
 from diffusion_jax.run import workdir as workdir_lib
 from diffusion_jax.sampling import inputs as inputs_lib
-from diffusion_jax.training import checkpoint, loop, mesh as mesh_lib, optimizer, state as state_lib
+from diffusion_jax.training import checkpoint, distributed, loop, mesh as mesh_lib, optimizer
+from diffusion_jax.training import preemption, state as state_lib
 from diffusion_jax.training.writer import MetricWriter
 
 
@@ -19,53 +21,96 @@ def _batches(it, mesh):
     yield mesh_lib.global_batch(batch, mesh)
 
 
-def train_and_evaluate(config, workdir: str, mesh=None, hooks=(),
-                       listeners=()) -> state_lib.TrainState:
-  """Trains (resuming from the workdir's latest checkpoint) and writes samples.
+def _take_lock(workdir: str, run_id: str, stale_minutes: float) -> lock_lib.Lock | None:
+  if not distributed.is_primary():
+    return None
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  return lock_lib.acquire(workdir, run_id, stale_minutes)
+
+
+def _set_aside(workdir: str, steps, writer: MetricWriter) -> None:
+  """Moves unreadable checkpoints out of orbax's way (process 0), so that the run can
+  save those steps again; nothing is deleted."""
+  if distributed.is_primary():
+    for step in steps:
+      dest = checkpoint.set_aside(workdir, step)
+      writer.log(f"moved the unreadable checkpoint {step} to {dest}")
+  distributed.sync("checkpoints set aside")
+
+
+def train_and_evaluate(config, workdir: str, mesh=None, hooks=(), listeners=(),
+                       run_id: str | None = None) -> state_lib.TrainState:
+  """Trains (resuming from the workdir's newest readable checkpoint) and writes samples.
 
   `hooks` run after every step (training.loop.Hook); `listeners` receive every logged
-  set of scalars (step, scalars)."""
+  set of scalars (step, scalars). `run_id` is the id the processes agreed on
+  (distributed.agree_on_run), made here if not given. SIGTERM saves and raises
+  training.loop.Preempted; the same call resumes."""
   mesh = mesh or mesh_lib.make_mesh()
-  spec, start_step, tokenizer = build.checked(config, workdir, "train", mesh.devices.size)
-  # Everything is checked: from here on the workdir is written.
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    workdir_lib.save_config(config, workdir, start_step)
+  spec, found, tokenizer = build.checked(config, workdir, "train", mesh.devices.size)
+  if run_id is None:
+    run_id = distributed.agree_on_run(config.to_json_best_effort(sort_keys=True) + workdir)
   tcfg = spec.training
-  net, tx = build.model(spec), build.optimizer_of(spec)
-  init, key, abstract = build.init_fns(spec, net, tx, mesh)
-  writer = MetricWriter(os.path.join(workdir, "tensorboard"), tcfg.num_steps, listeners)
+  # Everything is checked: from here on the workdir is written, by this run only.
+  lock = distributed.checked(_take_lock, workdir, run_id, tcfg.lock_stale_minutes)
+  try:
+    # From here, SIGTERM (even while compiling) saves at the next step and stops.
+    with preemption.Watch() as preempted:
+      return _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preempted)
+  finally:
+    if lock is not None:
+      lock.release()
 
+
+def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preempted):
+  tcfg = spec.training
+  build.use_compilation_cache(spec, workdir)
+  if distributed.is_primary():
+    workdir_lib.save_config(spec.config, workdir, found.latest)
+  net, tx = build.model(spec), build.optimizer_of(spec)
+  init, key, _ = build.init_fns(spec, net, tx, mesh)
+  writer = MetricWriter(str(epath.Path(workdir) / "tensorboard"), tcfg.num_steps, listeners)
   text = pipeline.TextSpec(
       tokenizer=tokenizer,
       emb_key=spec.data.text_emb_key if spec.model.text == "embeddings" else "")
-  it = pipeline.make_iterator(spec.data, tcfg.batch_size, spec.seed, text)
-  manager = checkpoint.make_manager(workdir, tcfg.keep_checkpoints)
+  it = distributed.checked(pipeline.make_iterator, spec.data, tcfg.batch_size,
+                           spec.seed, text)
   meta = workdir_lib.model_meta(spec, tokenizer)
-  if start_step is not None:
-    state = checkpoint.restore(manager, start_step, abstract)
-    it.restore(checkpoint.restore_iterator_state(manager, start_step))
-    writer.log(f"resumed from {checkpoint.checkpoint_dir(workdir)}/{start_step}")
+  if found.latest is not None:
+    step, state, position, failed = build.restore_state(spec, workdir, found, mesh,
+                                                        with_iterator=True)
+    _set_aside(workdir, [s for s, _ in found.skipped] + failed, writer)
+    it.restore(position)
+    writer.log(f"resumed from {checkpoint.checkpoint_dir(workdir) / str(step)}")
   else:
     state = init(key)
     writer.log(f"new run in {workdir}")
+  manager = checkpoint.make_manager(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoints)
 
   step_fn = build.jitted_train_step(spec, net, tx, mesh)
   lr_fn = optimizer.learning_rate_schedule(spec.optim, tcfg.num_steps)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-  writer.log(f"{n_params:,} parameters, {mesh.devices.size} devices, "
+  writer.log(f"{n_params:,} parameters, {jax.process_count()} process"
+             f"{'es' if jax.process_count() > 1 else ''}, {mesh.devices.size} devices, "
              f"global batch {tcfg.batch_size}, steps {int(state.step)}->{tcfg.num_steps}")
-  state = loop.train(state, step_fn, _batches(it, mesh), tcfg, writer,
-                     save=lambda step, s: checkpoint.save(manager, step, s, it.state(), meta),
-                     extra_scalars=lambda step: {"lr": float(lr_fn(step - 1))}, hooks=hooks)
+  all_hooks = [*hooks, lock.refresh] if lock is not None else list(hooks)
+  try:
+    state = loop.train(
+        state, step_fn, _batches(it, mesh), tcfg, writer,
+        save=lambda step, s: checkpoint.save(manager, step, s, it.state(), meta),
+        extra_scalars=lambda step: {"lr": float(lr_fn(step - 1))}, hooks=all_hooks,
+        preempted=preempted)
+    manager.wait_until_finished()
+  finally:
+    manager.close()  # Waits for a save in progress.
+    it.close()
 
   if tcfg.sample_at_end:
-    inputs, record = inputs_lib.gather(spec, inputs_lib.Given(), tokenizer)
+    inputs, record = distributed.checked(inputs_lib.gather, spec, inputs_lib.Given(),
+                                         tokenizer)
     path = sample_run.write_sample_set(spec, workdir, state.ema_params, int(state.step), mesh,
                                        inputs, record, net)
     writer.log(f"samples: {path}")
-  it.close()
-  manager.close()
   writer.close()
   return state
 

@@ -2,9 +2,9 @@
 checkpoints' model, the config it was trained with, and the run's tokenizer."""
 
 import json
-import os
 
 import ml_collections
+from etils import epath
 
 from diffusion_jax.conditioning.tokenizer import Tokenizer
 from diffusion_jax.config import files
@@ -55,20 +55,33 @@ def model_meta(spec: Spec, tokenizer: Tokenizer | None = None) -> dict:
   return meta
 
 
-def check(spec: Spec, workdir: str, mode: str) -> int | None:
-  """Checks the workdir against the mode and run; returns its latest checkpoint step."""
+def check(spec: Spec, workdir: str, mode: str) -> checkpoint.Found:
+  """Checks the workdir against the mode and run; returns its checkpoints (the newest
+  that reads back first; newer unreadable ones are reported and skipped)."""
   require(bool(workdir), "--workdir is required")
-  require(not os.path.exists(workdir) or os.path.isdir(workdir),
-          f"workdir {workdir!r} exists and is not a directory")
-  step = checkpoint.latest_step(workdir)
+  path = epath.Path(workdir)
+  try:
+    exists, is_dir = path.exists(), path.is_dir()
+  except Exception as e:  # A filesystem (gs://, ...) that cannot be reached or read.
+    raise ConfigError(f"cannot read workdir {workdir!r}: {_one_line(e)}") from None
+  require(not exists or is_dir, f"workdir {workdir!r} exists and is not a directory")
+  if mode == "train" and exists:
+    checkpoint.refuse_tf_data_iterators(workdir)
+  try:
+    found = checkpoint.find(workdir, with_iterator=mode == "train")
+  except Exception as e:
+    raise ConfigError(f"cannot read the checkpoints of {workdir!r}: {_one_line(e)}") from None
+  where = checkpoint.checkpoint_dir(workdir)
+  if found.latest is None and found.skipped:
+    raise ConfigError(f"no checkpoint in {where} can be read (steps "
+                      f"{', '.join(str(s) for s, _ in found.skipped)}; see the warnings "
+                      "above): move them away to start the run anew")
   if mode != "train":
-    require(step is not None,
-            f"--mode={mode}: no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
-  if step is None:
-    return None
-  if mode == "train":
-    checkpoint.check_iterator_item(workdir, step)
-  saved = checkpoint.read_meta(workdir, step)
+    require(found.latest is not None, f"--mode={mode}: no checkpoint in {where}")
+  if found.latest is None:
+    return found
+  step = found.latest
+  saved = dict(found.meta)
   # Fields added after the checkpoint was written take their defaults, which build the
   # network it was trained as.
   saved["model"] = {**json.loads(json.dumps(vars(UNetConfig()), default=list)), **saved["model"]}
@@ -87,18 +100,22 @@ def check(spec: Spec, workdir: str, mode: str) -> int | None:
     require(not diff, f"workdir {workdir!r} holds a checkpoint (step {step}) trained with "
             f"other values of {', '.join(diff)} (see {files.saved_config_paths(workdir)[-1]}); "
             "they change what the checkpoint means: use the run's values or a new workdir")
-  return step
+  return found
 
 
-def tokenizer(spec: Spec, workdir: str, step: int | None) -> Tokenizer | None:
+def _one_line(e: BaseException) -> str:
+  return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def tokenizer(spec: Spec, workdir: str, found: checkpoint.Found) -> Tokenizer | None:
   """The run's tokenizer: the checkpoint's vocabulary, or (new runs) one built from
   the training split's captions and checked against the model's text fields."""
   mc = spec.model
   if mc.text != "tokens":
     return None
-  if step is not None:
-    vocab = checkpoint.read_meta(workdir, step).get("vocab")
-    require(vocab is not None, f"checkpoint {step} in {workdir!r} has no vocabulary")
+  if found.latest is not None:
+    vocab = found.meta.get("vocab")
+    require(vocab is not None, f"checkpoint {found.latest} in {workdir!r} has no vocabulary")
     return Tokenizer(vocab, mc.text_max_len)
   vocab, longest = pipeline.caption_vocab(spec.data)
   require(bool(vocab), f"the captions (data.text_key={spec.data.text_key!r}) are empty")
@@ -116,17 +133,15 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, step: int | Non
   earlier file and writes config_resumed_at_step_<N>.json beside it; a new run (no
   checkpoint yet) replaces the config a failed earlier attempt left."""
   text = config.to_json_best_effort(indent=2, sort_keys=True)
-  path = os.path.join(workdir, files.SAVED_CONFIG)
+  path = epath.Path(workdir) / files.SAVED_CONFIG
   previous = files.saved_config_paths(workdir)
   if step is not None and previous:
-    with open(previous[-1]) as f:
-      if f.read() == text:
-        return previous[-1]
-    path = os.path.join(workdir, f"config_resumed_at_step_{step}.json")
+    if epath.Path(previous[-1]).read_text() == text:
+      return previous[-1]
+    path = epath.Path(workdir) / f"config_resumed_at_step_{step}.json"
     k = 0
-    while os.path.exists(path):
+    while path.exists():
       k += 1
-      path = os.path.join(workdir, f"config_resumed_at_step_{step}-{k}.json")
-  with open(path, "w") as f:
-    f.write(text)
-  return path
+      path = epath.Path(workdir) / f"config_resumed_at_step_{step}-{k}.json"
+  path.write_text(text)
+  return str(path)

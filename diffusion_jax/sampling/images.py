@@ -4,9 +4,10 @@ row per sample with its conditions beside it). Existing files are never overwrit
 a second set at the same step gets a `-1`, `-2`, ... suffix.
 """
 
-import os
+import io
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
 
 
@@ -27,12 +28,12 @@ def grid(images: np.ndarray, labels: np.ndarray, num_classes: int, max_cols: int
   return canvas.repeat(scale, 0).repeat(scale, 1)
 
 
-def _free_stem(directory: str, stem: str) -> str:
+def _free_stem(directory: epath.Path, stem: str) -> str:
   candidate, k = stem, 0
-  while any(os.path.exists(os.path.join(directory, candidate + ext)) for ext in (".npz", ".png")):
+  while any((directory / (candidate + ext)).exists() for ext in (".npz", ".png")):
     k += 1
     candidate = f"{stem}-{k}"
-  return os.path.join(directory, candidate)
+  return str(directory / candidate)
 
 
 def as_rgb(x: np.ndarray, size: int) -> np.ndarray:
@@ -78,17 +79,21 @@ def write_samples(workdir: str, step: int, images: np.ndarray, record: dict,
   """Writes the .npz (images and the conditions used) and the .png grid; returns
   the .npz path. Class-only sets get one grid row per class, others one row per
   sample with its conditions beside it."""
-  directory = os.path.join(workdir, "samples")
-  os.makedirs(directory, exist_ok=True)
+  directory = epath.Path(workdir) / "samples"
+  directory.mkdir(parents=True, exist_ok=True)
   stem = _free_stem(directory, f"step_{step}")
   extra = {k: v for k, v in record.items() if k != "count"}
   if "labels" in extra:
     extra["labels"] = extra["labels"].astype(np.int64)
-  np.savez(stem + ".npz", images=images, **extra)
+  npz = io.BytesIO()
+  np.savez(npz, images=images, **extra)
+  epath.Path(stem + ".npz").write_bytes(npz.getvalue())
   if set(extra) <= {"labels"}:
     labels = extra.get("labels", np.zeros(len(images), np.int64))
     g = grid(images, labels, num_classes)
   else:
     g = panel_grid(images, extra)
-  Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).save(stem + ".png")
+  png = io.BytesIO()
+  Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).save(png, format="PNG")
+  epath.Path(stem + ".png").write_bytes(png.getvalue())
   return stem + ".npz"

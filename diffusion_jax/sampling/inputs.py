@@ -7,11 +7,12 @@ samples (a cascade), or else the first `sample.num_samples` examples of the data
 as the `reference`). Images in files are uint8; they become [-1, 1] floats here.
 """
 
-import os
+import io
 from typing import NamedTuple
 
 import jax
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from diffusion_jax.conditioning import conditions
@@ -41,10 +42,9 @@ class Given(NamedTuple):
 
 def read_prompts(path: str) -> list[str]:
   """One prompt per line; blank lines are skipped."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise InputError(f"prompts file {path!r} does not exist")
-  with open(path) as f:
-    prompts = [line.strip() for line in f if line.strip()]
+  prompts = [line.strip() for line in epath.Path(path).read_text().splitlines() if line.strip()]
   if not prompts:
     raise InputError(f"prompts file {path!r} has no prompts")
   return prompts
@@ -57,11 +57,12 @@ def _to_float(x: np.ndarray) -> np.ndarray:
 def _read_cond_path(path: str, keys: tuple[str, ...]) -> dict:
   """uint8 arrays for `keys` from an .npz, or a directory of PNGs (one per sample, in
   name order; for inpainting an RGBA PNG's alpha is the mask, 0 = hole)."""
-  if os.path.isdir(path):
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
+  directory = epath.Path(path)
+  if directory.is_dir():
+    names = sorted(p.name for p in directory.iterdir() if p.name.lower().endswith(".png"))
     if not names:
       raise InputError(f"--cond directory {path!r} has no .png files")
-    imgs = [np.asarray(Image.open(os.path.join(path, n))) for n in names]
+    imgs = [np.asarray(Image.open(io.BytesIO((directory / n).read_bytes()))) for n in names]
     if len({i.shape for i in imgs}) > 1:
       raise InputError(f"--cond directory {path!r}: the PNGs differ in size or channels")
     arr = np.stack(imgs)
@@ -74,9 +75,9 @@ def _read_cond_path(path: str, keys: tuple[str, ...]) -> dict:
                          f"{arr.shape[-1]} channels")
       return {"masked": arr[..., :3], "mask": (arr[..., 3:] > 0).astype(np.uint8) * 255}
     return {keys[0]: arr}
-  if not path.endswith(".npz") or not os.path.isfile(path):
+  if not path.endswith(".npz") or not epath.Path(path).is_file():
     raise InputError(f"--cond {path!r} is neither an .npz file nor a directory of PNGs")
-  with np.load(path) as f:
+  with np.load(io.BytesIO(epath.Path(path).read_bytes())) as f:
     missing = [k for k in keys if k not in f]
     if missing:
       raise InputError(f"--cond {path!r} lacks {missing} (has {sorted(f.files)}); this "

@@ -3,6 +3,7 @@
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from diffusion_jax.conditioning import conditions
@@ -22,6 +23,11 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
   Randomness comes from fold_in(state.rng, step), split into named streams. With
   JAX's partitionable threefry the random numbers of each example do not depend on
   how the batch is sharded, so a run gives the same result on any number of devices.
+
+  An update whose loss, gradient, new parameters or optimizer state hold a non-finite
+  value is skipped: parameters, EMA and optimizer state stay as they were (the step
+  still counts) and the metric `skipped` is 1. A huge learning rate can overflow the
+  update while loss and gradient are finite, so the result is checked too.
   """
   mcfg = model.config
   cond_cfg = cond_cfg if cond_cfg is not None else conditions.NO_IMAGE
@@ -47,9 +53,26 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                        state.ema_params, params)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, ema, opt_state))
+    metrics = {"loss": loss, "grad_norm": grad_norm,
+               "skipped": 1.0 - ok.astype(jnp.float32)}
+    # One conditional over the whole update: a select per leaf makes XLA's CPU
+    # compiler take minutes and gigabytes for the tiny test U-Net.
+    params, ema, opt_state = jax.lax.cond(
+        ok, lambda: (params, ema, opt_state),
+        lambda: (state.params, state.ema_params, state.opt_state))
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                               opt_state=opt_state)
     return new_state, metrics
 
   return train_step
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point value of `tree` is finite (a scalar bool)."""
+  ok = jnp.asarray(True)
+  for x in jax.tree.leaves(tree):
+    if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+      ok = ok & jnp.all(jnp.isfinite(x))
+  return ok

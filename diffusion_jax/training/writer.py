@@ -1,10 +1,10 @@
 """Metrics to TensorBoard event files and a progress line on stdout (process 0 only)."""
 
-import os
 import sys
 import time
 
 import jax
+from etils import epath
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -25,7 +25,7 @@ class MetricWriter:
     self._tb = None
     if self.primary:
       import tensorflow as tf  # Lazy: only the writer needs it here.
-      os.makedirs(logdir, exist_ok=True)
+      epath.Path(logdir).mkdir(parents=True, exist_ok=True)
       self._tf = tf
       self._tb = tf.summary.create_file_writer(logdir)
 
@@ -41,7 +41,9 @@ class MetricWriter:
     rate = scalars.get("steps_per_s", 0.0)
     eta = (self.total_steps - step) / rate if rate > 0 else 0.0
     parts = [f"step {step}/{self.total_steps}"]
-    parts += [f"{k} {v:.4g}" for k, v in scalars.items() if k not in ("steps_per_s", "images_per_s")]
+    parts += [f"{k} {v:.4g}" for k, v in scalars.items()
+              if k not in ("steps_per_s", "images_per_s")
+              and not (k.startswith("skipped") and v == 0)]  # Shown once there are any.
     if rate:
       parts += [f"{rate:.2f} steps/s", f"{scalars.get('images_per_s', 0):.0f} img/s",
                 f"ETA {_fmt_duration(eta)}"]
