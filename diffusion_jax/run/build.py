@@ -18,10 +18,15 @@ def checked(config, workdir: str, mode: str, num_devices: int):
   """Every check of a run in `mode`, before anything is compiled or written:
   (spec, latest checkpoint step or None, tokenizer or None)."""
   spec = spec_lib.parse(config, num_devices)
-  if mode == "eval":
-    spec.eval.check_model(spec.model.text, spec.cond.image)
-  splits = {"train": {"data.split": (spec.data.split, spec.training.batch_size)},
-            "eval": {"eval.split": (spec.eval.split, 1)}}.get(mode, {})
+  ecfg = spec.eval
+  evaluates = mode == "eval" or (mode == "train" and ecfg.every_steps > 0)
+  if evaluates:
+    ecfg.check_model(spec.model.text, spec.cond.image)
+  splits = {"train": {"data.split": (spec.data.split, spec.training.batch_size)}}.get(mode, {})
+  if evaluates and ecfg.likelihood:
+    splits["eval.split"] = (ecfg.split, 1)
+  if evaluates and ecfg.sample_metrics:
+    splits["eval.reference_split"] = (ecfg.reference_split, 2)
   pipeline.check(spec.data, splits, spec.model.text)
   step = workdir_lib.check(spec, workdir, mode)
   return spec, step, workdir_lib.tokenizer(spec, workdir, step)

@@ -7,6 +7,8 @@ import jax
 
 from diffusion_jax.data import pipeline
 from diffusion_jax.run import build
+from diffusion_jax.run import evaluate as evaluate_run
+from diffusion_jax.run import metadata
 from diffusion_jax.run import sample as sample_run
 from diffusion_jax.run import workdir as workdir_lib
 from diffusion_jax.sampling import inputs as inputs_lib
@@ -27,10 +29,15 @@ def train_and_evaluate(config, workdir: str, mesh=None, hooks=(),
   set of scalars (step, scalars)."""
   mesh = mesh or mesh_lib.make_mesh()
   spec, start_step, tokenizer = build.checked(config, workdir, "train", mesh.devices.size)
+  # Periodic evaluation (eval.every_steps) checks its weights, reference and inputs now.
+  periodic = (evaluate_run.PeriodicEvaluation(spec, workdir, mesh, tokenizer)
+              if spec.eval.every_steps else None)
   # Everything is checked: from here on the workdir is written.
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     workdir_lib.save_config(config, workdir, start_step)
+  metadata.record(workdir, spec, "train", start_step)
+  hooks = (*hooks, periodic) if periodic else hooks
   tcfg = spec.training
   net, tx = build.model(spec), build.optimizer_of(spec)
   init, key, abstract = build.init_fns(spec, net, tx, mesh)
