@@ -21,6 +21,7 @@ import argparse
 import datetime
 import glob
 import json
+import math
 import os
 import re
 import shlex
@@ -32,7 +33,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGISTRY = os.path.join(ROOT, "experiments", "results.json")
 # Files whose generated tables --tables writes: <!-- registry:ID --> ... <!-- /registry:ID -->.
-TABLE_FILES = ("README.md", os.path.join("experiments", "README.md"))
+TABLE_FILES = ("README.md", os.path.join("experiments", "README.md"),
+               os.path.join("docs", "evaluation.md"), os.path.join("docs", "reproducing.md"))
 
 
 class RegistryError(Exception):
@@ -82,12 +84,13 @@ def variant(entry: dict, quick: bool) -> dict:
   """The entry's overrides, results and measurement for the full run or --quick."""
   if not quick:
     return {"overrides": entry.get("overrides", {}), "results": entry["results"],
-            "measured": entry.get("measured")}
+            "measured": entry.get("measured"), "output": entry["output"]}
   q = entry.get("quick")
   if q is None:
     raise RegistryError("this entry has no --quick variant; run it without --quick")
   return {"overrides": {**entry.get("overrides", {}), **q.get("overrides", {})},
-          "results": q["results"], "measured": q.get("measured")}
+          "results": q["results"], "measured": q.get("measured"),
+          "output": q.get("output", entry["output"])}
 
 
 def _fmt_value(v) -> str:
@@ -144,7 +147,7 @@ def run(entry: dict, quick: bool, workdir: str, out: str) -> tuple[dict, float]:
   finally:
     os.chdir(cwd)
   wall = time.perf_counter() - t0
-  pattern = entry["output"].format(workdir=workdir, out=out)
+  pattern = variant(entry, quick)["output"].format(workdir=workdir, out=out)
   found = sorted(glob.glob(pattern if os.path.isabs(pattern) else os.path.join(ROOT, pattern)),
                  key=os.path.getmtime)
   if not found:
@@ -166,14 +169,23 @@ def compare(results: dict, obtained: dict) -> tuple[list[str], bool]:
   for metric, r in results.items():
     expected, tol, got = r.get("expected"), r["tolerance"], obtained[metric]
     if expected is None:
-      lines.append(f"  {metric:<14} expected (not recorded)   obtained {got:.6g}   NOT RECORDED")
+      lines.append(f"  {metric:<14} expected (not recorded)   obtained {_num(got)}   NOT RECORDED")
       ok = False
       continue
     within = abs(got - expected) <= tol
     ok &= within
-    lines.append(f"  {metric:<14} expected {expected:.6g} ± {tol:.3g}   obtained {got:.6g}   "
+    lines.append(f"  {metric:<14} expected {_num(expected)} ± {tol:.3g}   obtained {_num(got)}   "
                  f"{'ok' if within else 'OUTSIDE TOLERANCE'}")
   return lines, ok
+
+
+def _stored(value: float) -> float | int:
+  """A value as recorded: counts exactly, measurements to 6 significant digits."""
+  return int(value) if float(value).is_integer() else float(f"{value:.6g}")
+
+
+def _num(value: float) -> str:
+  return f"{int(value):,}" if float(value).is_integer() else f"{value:.6g}"
 
 
 def measurement(wall: float) -> dict:
@@ -195,7 +207,7 @@ def record(registry_path: str, name: str, quick: bool, obtained: dict, wall: flo
   entry = registry["entries"][name]
   target = entry["quick"] if quick else entry
   for metric, value in obtained.items():
-    target["results"][metric]["expected"] = float(f"{value:.6g}")
+    target["results"][metric]["expected"] = _stored(value)
   target["measured"] = measurement(wall)
   target.pop("source", None)  # Measured now: no longer taken from an older output file.
   tmp = registry_path + ".tmp"
@@ -205,11 +217,51 @@ def record(registry_path: str, name: str, quick: bool, obtained: dict, wall: flo
   os.replace(tmp, registry_path)
 
 
+def source_values(entry: dict) -> dict:
+  """The entry's results read from its `source`: an output file its commands wrote
+  in an earlier session (kept in experiments/results/)."""
+  path = os.path.join(ROOT, entry["source"])
+  with open(path) as f:
+    data = json.load(f)
+  out = {}
+  for metric, r in entry["results"].items():
+    try:
+      out[metric] = float(_get(data, r.get("key", metric)))
+    except (KeyError, IndexError, ValueError, TypeError):
+      raise RegistryError(f"{entry['source']} has no value at {r.get('key', metric)!r}") from None
+  return out
+
+
+def record_from_source(registry_path: str, name: str) -> dict:
+  """Writes the values of the entry's source file as its expectations."""
+  with open(registry_path) as f:
+    registry = json.load(f)
+  entry = registry["entries"][name]
+  if not entry.get("source"):
+    raise RegistryError(f"entry {name!r} has no source file")
+  values = source_values(entry)
+  for metric, value in values.items():
+    entry["results"][metric]["expected"] = _stored(value)
+  entry["measured"] = {"hardware": "an earlier session's 2-core CPU machine (model not recorded)",
+                       "wall_time_s": None, "commit": None, "date": None}
+  tmp = registry_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(registry, f, indent=2, ensure_ascii=False)
+    f.write("\n")
+  os.replace(tmp, registry_path)
+  return values
+
+
 # --- Tables generated from the registry.
 
-def _fmt(value: float, tol: float) -> str:
-  digits = 0 if tol >= 1 else max(0, min(6, -int(f"{tol:e}".split("e")[1]) + 1)) if tol else 4
-  return f"{value:,.{digits}f}" if tol else f"{value:,.6g}"
+def _fmt(value: float, tol: float, percent: bool = False) -> str:
+  """`value` to the decimals its tolerance makes meaningful (one past its scale)."""
+  scale = 100.0 if percent else 1.0
+  if tol:
+    decimals = max(0, 1 - math.floor(math.log10(tol * scale)))
+  else:
+    decimals = 0 if float(value).is_integer() else 4
+  return f"{value * scale:,.{decimals}f}" + ("%" if percent else "")
 
 
 def _result_text(entry: dict, quick: bool = False) -> str:
@@ -220,8 +272,12 @@ def _result_text(entry: dict, quick: bool = False) -> str:
     if r.get("expected") is None:
       parts.append(f"{label}: not measured")
     else:
-      parts.append(f"{label} {_fmt(r['expected'], r['tolerance'])}")
+      parts.append(f"{label} {_fmt(r['expected'], r['tolerance'], r.get('percent', False))}")
   return "; ".join(parts)
+
+
+def _measured(results: dict) -> bool:
+  return all(r.get("expected") is not None for r in results.values())
 
 
 def _measured_text(m: dict | None) -> str:
@@ -240,8 +296,14 @@ def render_table(registry: dict, table: str) -> str:
   if table == "readme":
     rows = ["| what | result | reproduce |", "|---|---|---|"]
     for name, e in entries.items():
-      if e.get("readme"):
+      if not e.get("readme"):
+        continue
+      if _measured(e["results"]):
         rows.append(f"| {e['title']} | {_result_text(e)} | `python -m diffusion_jax.reproduce {name}` |")
+      elif e.get("quick") and _measured(e["quick"]["results"]):
+        # The full run is not measured yet: show the shrunk run's, saying so.
+        rows.append(f"| {e['title']}: not measured yet; shrunk run ({e['quick']['title']}) | "
+                    f"{_result_text(e, True)} | `python -m diffusion_jax.reproduce {name} --quick` |")
     return "\n".join(rows)
   if table == "experiments":
     rows = ["| entry | what | expected (± tolerance in the registry) | measured on, wall time, commit |",
@@ -252,9 +314,15 @@ def render_table(registry: dict, table: str) -> str:
         measured += f"; from `{e['source']}`"
       rows.append(f"| `{name}` | {e['title']} | {_result_text(e)} | {measured} |")
       if e.get("quick"):
-        rows.append(f"| `{name} --quick` | the same, shrunk | {_result_text(e, True)} | "
+        rows.append(f"| `{name} --quick` | the same, shrunk: {e['quick'].get('title', '')} | "
+                    f"{_result_text(e, True)} | "
                     f"{_measured_text(e['quick'].get('measured'))} |")
     return "\n".join(rows)
+  if table.startswith("json:"):
+    return _json_table(*table.split(":")[1:])
+  if table.startswith("file:"):
+    with open(os.path.join(ROOT, table.split(":", 1)[1])) as f:
+      return f.read().strip()
   if table.startswith("commands:"):
     e = entry_of(registry, table.split(":", 1)[1])
     return "```bash\n" + "\n".join(commands(e, False, "runs/" + table.split(":", 1)[1],
@@ -262,13 +330,52 @@ def render_table(registry: dict, table: str) -> str:
   raise RegistryError(f"unknown generated table {table!r}")
 
 
-BLOCK = re.compile(r"(<!-- registry:(?P<id>[\w:.-]+) -->\n)(?P<body>.*?)(\n<!-- /registry:(?P=id) -->)",
+def _cell(v) -> str:
+  if v is None:
+    return ""
+  if isinstance(v, bool):
+    return str(v)
+  if isinstance(v, int):
+    return f"{v:,}"
+  if isinstance(v, float):
+    return f"{v:,.4g}"
+  return str(v)
+
+
+def _json_table(path: str, columns: str) -> str:
+  """A table of an experiment's output file (.json or .jsonl): one row per object of a
+  list, per line, or per object-valued key of an object (column `_key` names it).
+  Columns are keys or dotted paths; items without the last column are skipped."""
+  with open(os.path.join(ROOT, path)) as f:
+    if path.endswith(".jsonl"):
+      data = [json.loads(line) for line in f if line.strip()]
+    else:
+      data = json.load(f)
+  if isinstance(data, dict):
+    data = [{"_key": k, **v} for k, v in data.items() if isinstance(v, dict)]
+  cols = columns.split(",")
+
+  def value(item, col):
+    try:
+      return _get(item, col)
+    except (KeyError, IndexError, ValueError):
+      return None
+
+  items = [it for it in data if value(it, cols[-1]) is not None]
+  rows = ["| " + " | ".join("" if c == "_key" else c for c in cols) + " |",
+          "|" + "---|" * len(cols)]
+  rows += ["| " + " | ".join(_cell(value(it, c)) for c in cols) + " |" for it in items]
+  return "\n".join(rows)
+
+
+BLOCK = re.compile(r"(<!-- registry:(?P<id>[\w:.,/-]+) -->\n)(?P<body>.*?)(<!-- /registry:(?P=id) -->)",
                    re.S)
 
 
 def generated(text: str, registry: dict) -> str:
   """`text` with every generated block re-rendered from the registry."""
-  return BLOCK.sub(lambda m: m.group(1) + render_table(registry, m.group("id")) + m.group(4), text)
+  return BLOCK.sub(lambda m: m.group(1) + render_table(registry, m.group("id")) + "\n" + m.group(4),
+                   text)
 
 
 def tables(registry: dict, check: bool) -> list[str]:
@@ -298,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                  help="write the obtained values into the registry as the expectations")
   p.add_argument("--workdir", help="run directory for {workdir} (default: a fresh one)")
   p.add_argument("--registry", default=REGISTRY, help="the results registry (JSON)")
+  p.add_argument("--from-source", action="store_true",
+                 help="record the entry's expectations from its source output file")
   p.add_argument("--list", action="store_true", help="list the entries")
   p.add_argument("--tables", action="store_true", help="write the generated README tables")
   p.add_argument("--check", action="store_true", help="with --tables: only check them")
@@ -320,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.name:
       raise RegistryError("name a registry entry (see --list)")
     entry = entry_of(registry, args.name)
+    if args.from_source:
+      print(json.dumps(record_from_source(args.registry, args.name)))
+      return 0
     v = variant(entry, args.quick)
     if args.workdir and os.path.exists(args.workdir) and os.listdir(args.workdir):
       raise RegistryError(f"--workdir {args.workdir!r} is not empty: reproduce starts "

@@ -108,7 +108,7 @@ def photos_data(seed: int):
 
 
 DATA = {"digits-v1": digits_data, "shapes-v1": shapes_data, "photos-v1": photos_data}
-STEPS = {"digits-v1": 2_000, "shapes-v1": 3_000, "photos-v1": 4_000}
+STEPS = {"digits-v1": 2_000, "shapes-v1": 1_500, "photos-v1": 2_000}
 
 
 def unit_scale_features(model, params, images):

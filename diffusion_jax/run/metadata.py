@@ -40,11 +40,11 @@ def git_commit(path: str = SOURCE) -> dict | None:
   """{"commit", "dirty"} of the git checkout holding `path`, or None."""
   try:
     commit = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
-                            text=True, timeout=10)
+                            text=True, timeout=120)
     if commit.returncode != 0:
       return None
     status = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
-                            capture_output=True, text=True, timeout=10)
+                            capture_output=True, text=True, timeout=120)
   except (OSError, subprocess.SubprocessError):
     return None
   return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}

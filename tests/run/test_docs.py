@@ -19,13 +19,15 @@ from tests.conftest import ROOT, fmt, run_main
 
 PAGES = ["README.md"] + [f"docs/{p}" for p in (
     "command-line.md", "configs.md", "datasets.md", "conditioning.md",
-    "processes-and-samplers.md", "evaluation.md", "extending.md", "api.md")]
+    "processes-and-samplers.md", "evaluation.md", "reproducing.md", "extending.md", "api.md")]
 SHRINK = {
     "train": {"training.num_steps": 2, "training.checkpoint_every": 2, "training.log_every": 1,
               "training.batch_size": 8, "optim.warmup_steps": 1, "model.num_res_blocks": 1,
-              "sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2},
+              "sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2,
+              "eval.num_samples": 80},
     "sample": {"sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2},
-    "eval": {"eval.num_examples": 4, "eval.batch_size": 4, "eval.ode_steps": 2},
+    "eval": {"eval.num_examples": 4, "eval.batch_size": 4, "eval.ode_steps": 2,
+             "eval.num_samples": 80, "sample.batch_size": 40},
 }
 FAKE_DATA_DIR = "/data/tfds"  # The docs' example data_dir, replaced by a local one.
 
@@ -40,9 +42,30 @@ def commands() -> list[tuple[str, list[str]]]:
         line = line.split(" && ")[-1].strip()
         if line.startswith("python -m diffusion_jax."):
           words = shlex.split(line)
-          assert words[2] == "diffusion_jax.main", f"{page}: no test runs {words[2]} yet"
-          out.append((page, words[3:]))
+          assert words[2] in RUNNERS, f"{page}: no test runs {words[2]} yet"
+          out.append((page, words[2:]))
   return out
+
+
+def run_reproduce(argv: list[str]):
+  """`python -m diffusion_jax.reproduce ARGV` in this process, its output captured.
+  Entries run as recorded (with --quick where the page says so): the registry's
+  expectations are what the test checks."""
+  import contextlib
+  import io
+  from diffusion_jax import reproduce
+  from tests.conftest import Result
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = reproduce.main(argv)
+  return Result(code, out.getvalue(), err.getvalue())
+
+
+# Module -> (how to shrink its argv, how to run it).
+RUNNERS = {
+    "diffusion_jax.main": (lambda argv, data_dir: shrunk(argv, data_dir), run_main),
+    "diffusion_jax.reproduce": (lambda argv, data_dir: argv, run_reproduce),
+}
 
 
 def _value(argv, flag):
@@ -114,8 +137,9 @@ def docs_runs(tmp_path_factory, data_dir):
   cwd = os.getcwd()
   os.chdir(workspace)
   try:
-    for page, argv in commands():
-      results.append((page, argv, run_main(shrunk(argv, cifar_dir))))
+    for page, (module, *argv) in commands():
+      shrink, runner = RUNNERS[module]
+      results.append((page, argv, runner(shrink(argv, cifar_dir))))
   finally:
     os.chdir(cwd)
   return workspace, results
