@@ -242,7 +242,7 @@ def record_from_source(registry_path: str, name: str) -> dict:
   values = source_values(entry)
   for metric, value in values.items():
     entry["results"][metric]["expected"] = _stored(value)
-  entry["measured"] = {"hardware": "an earlier session's 2-core CPU machine (model not recorded)",
+  entry["measured"] = {"hardware": "the run that wrote the source file (CPU not recorded there)",
                        "wall_time_s": None, "commit": None, "date": None}
   tmp = registry_path + ".tmp"
   with open(tmp, "w") as f:
@@ -321,6 +321,8 @@ def render_table(registry: dict, table: str) -> str:
   if table.startswith("json:"):
     return _json_table(*table.split(":")[1:])
   if table.startswith("file:"):
+    if not os.path.exists(os.path.join(ROOT, table.split(":", 1)[1])):
+      raise RegistryError(f"generated table: output file {table.split(':', 1)[1]} does not exist")
     with open(os.path.join(ROOT, table.split(":", 1)[1])) as f:
       return f.read().strip()
   if table.startswith("commands:"):
@@ -346,6 +348,8 @@ def _json_table(path: str, columns: str) -> str:
   """A table of an experiment's output file (.json or .jsonl): one row per object of a
   list, per line, or per object-valued key of an object (column `_key` names it).
   Columns are keys or dotted paths; items without the last column are skipped."""
+  if not os.path.exists(os.path.join(ROOT, path)):
+    raise RegistryError(f"generated table: output file {path} does not exist")
   with open(os.path.join(ROOT, path)) as f:
     if path.endswith(".jsonl"):
       data = [json.loads(line) for line in f if line.strip()]
