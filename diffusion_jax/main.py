@@ -4,7 +4,8 @@
   --mode=sample  write a sample set from DIR's latest checkpoint (EMA params), for
                  the conditions given by --labels, --prompt/--prompts_file, --cond
                  or --cascade_from (else taken from the dataset's sample.cond_split);
-  --mode=eval    bits/dim of a data split under DIR's latest checkpoint (config.eval).
+  --mode=eval    the metrics of config.eval (bits/dim of a split, sample metrics) of
+                 DIR's latest checkpoint.
 Config fields are overridden with --config.<field>=<value> (unknown fields are errors).
 Sampling and evaluation use the config the run was trained with (DIR's saved config);
 --config is then optional, and only the fields of SAMPLING_FIELDS may be overridden.
@@ -156,7 +157,7 @@ def _run_sample(fv, given, run_id):
 
 def _run_eval(fv, given, run_id):
   from diffusion_jax.run import evaluate
-  evaluate.evaluate_likelihood(fv.config, fv.workdir)
+  evaluate.evaluate(fv.config, fv.workdir)
 
 
 MODES = {"train": _run_train, "sample": _run_sample, "eval": _run_eval}

@@ -12,7 +12,7 @@ from diffusion_jax.config import defaults
 from diffusion_jax.config.errors import ConfigError
 from diffusion_jax.core import diffusion, parameterisation, samplers, schedules
 from diffusion_jax.data import pipeline
-from diffusion_jax.evaluation import likelihood
+from diffusion_jax.evaluation import eval_config, features, likelihood
 from diffusion_jax.models import unet
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.training import optimizer
@@ -48,6 +48,11 @@ CASES = [
     (unet.DTYPES, "model.dtype", lambda n: {}),
     (optimizer.LR_SCHEDULES, "optim.lr_schedule", lambda n: {}),
     (likelihood.METHODS, "eval.method", lambda n: {}),
+    (eval_config.METRICS, "eval.metrics",
+     lambda n: {"eval.feature_net": "inception", "eval.num_samples": 4096}),
+    (features.FEATURE_NETS, "eval.feature_net",
+     lambda n: {"eval.metrics": "kid", "data.channels": features.FEATURE_NETS[n].channels
+                if n != "inception" else 1}),
 ]
 
 
@@ -113,6 +118,8 @@ DOCS = [  # (page, registry): the page's tables list every name.
     ("datasets.md", pipeline.BUNDLED),
     ("datasets.md", pipeline.SOURCES),
     ("evaluation.md", likelihood.METHODS),
+    ("evaluation.md", eval_config.METRICS),
+    ("evaluation.md", features.FEATURE_NETS),
 ]
 
 

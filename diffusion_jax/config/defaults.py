@@ -170,11 +170,24 @@ def get_config() -> ml_collections.ConfigDict:
   s.batch_size = 100  # Samples per compiled call (divisible by the device count).
   s.seed = 1  # Sampling PRNG seed (independent of training).
 
-  # --- Likelihood evaluation (--mode=eval), from the EMA parameters.
+  # --- Evaluation (--mode=eval, and periodic evaluation while training), from the EMA
+  # parameters: the likelihood of a split and sample metrics (docs/evaluation.md).
   c.eval = e = ml_collections.ConfigDict()
-  e.split = "test"  # tfds split to evaluate.
-  e.num_examples = 0  # Examples to evaluate; 0 = the whole split.
-  e.batch_size = 64  # Examples per compiled call (divisible by the device count).
+  # Comma-separated names of evaluation.eval_config.METRICS: "bpd" (likelihood of
+  # eval.split), "fd", "kid", "precision", "recall", "is" (of eval.num_samples samples).
+  e.metrics = "bpd"
+  e.every_steps = 0  # While training: evaluate every N steps (and at the end); 0 = off.
+  e.best_metric = ""  # Keep DIR/checkpoints_best/<step> at the best value of this metric.
+  e.num_samples = 1000  # Samples for the sample metrics (sampled as the sample section says).
+  # Network whose features the sample metrics compare: evaluation.features.FEATURE_NETS,
+  # or "auto" (the bundled dataset's own offline network, else inception).
+  e.feature_net = "auto"
+  e.inception_weights = "inception_fid.npz"  # inception: the converted weight file.
+  e.reference_split = "train"  # Real images the samples are compared with (cached).
+  e.reference_examples = 0  # Reference images used; 0 = the whole split.
+  e.split = "test"  # bpd: tfds split to evaluate.
+  e.num_examples = 0  # bpd: examples to evaluate; 0 = the whole split.
+  e.batch_size = 64  # Examples per compiled call (bpd; feature extraction).
   e.method = "ode"  # evaluation.likelihood.METHODS: probability-flow ODE or discrete bound.
   e.ode_steps = 200  # Heun steps, geometric in lambda (2 evaluations each).
   e.hutchinson_probes = 1  # Rademacher probes for the divergence.

@@ -5,7 +5,7 @@ computing the features (inception.py) is separate, so any embedding can be used.
 """
 
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import scipy.linalg
@@ -188,3 +188,56 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
     fake_inside[start:start + batch_size] = (d <= real_radii[None, :]).any(axis=1)
     real_inside |= (d <= fake_radii[start:start + batch_size, None]).any(axis=0)
   return PrecisionRecall(float(fake_inside.mean()), float(real_inside.mean()))
+
+
+class SampleSets:
+  """The inputs of the sample metrics: reference and sample features (N, D), and the
+  samples' class probabilities (N, K) where the feature network classifies. Results
+  shared between metrics (precision and recall) are computed once."""
+
+  def __init__(self, real: np.ndarray, fake: np.ndarray, fake_probs: np.ndarray | None = None):
+    self.real, self.fake, self.fake_probs = real, fake, fake_probs
+    self._pr = None
+
+  def precision_recall(self) -> PrecisionRecall:
+    if self._pr is None:
+      self._pr = precision_recall(self.real, self.fake, k=3)
+    return self._pr
+
+
+class SampleMetric(NamedTuple):
+  """A named sample metric: sets -> scalars (the name first, then its spread if any)."""
+  compute: Callable[[SampleSets], dict[str, float]]
+  lower_is_better: bool
+  needs_classes: bool = False  # Needs a feature network with a single classifier head.
+
+
+def _kid(s: SampleSets) -> dict[str, float]:
+  k = kid(s.real, s.fake)
+  return {"kid": k.mean, "kid_std": k.std}
+
+
+def _is(s: SampleSets) -> dict[str, float]:
+  mean, std = inception_score(s.fake_probs, splits=min(10, len(s.fake_probs)))
+  return {"is": mean, "is_std": std}
+
+
+# eval.metrics names of the sample metrics (the likelihood's "bpd" is added by
+# evaluation.eval_config). "fd" on the Inception's features is FID.
+SAMPLE_METRICS: dict[str, SampleMetric] = {
+    "fd": SampleMetric(lambda s: {"fd": fid(s.real, s.fake)}, lower_is_better=True),
+    "kid": SampleMetric(_kid, lower_is_better=True),
+    "precision": SampleMetric(lambda s: {"precision": s.precision_recall().precision},
+                              lower_is_better=False),
+    "recall": SampleMetric(lambda s: {"recall": s.precision_recall().recall},
+                           lower_is_better=False),
+    "is": SampleMetric(_is, lower_is_better=False, needs_classes=True),
+}
+
+
+def sample_metrics(names, sets: SampleSets) -> dict[str, float]:
+  """The named metrics of SAMPLE_METRICS on `sets`, in the order given."""
+  out = {}
+  for name in names:
+    out.update(SAMPLE_METRICS[name].compute(sets))
+  return out

@@ -18,10 +18,15 @@ from diffusion_jax.training.step import make_train_step
 
 def _checked(config, workdir: str, mode: str, num_devices: int):
   spec = spec_lib.parse(config, num_devices)
-  if mode == "eval":
-    spec.eval.check_model(spec.model.text, spec.cond.image)
-  splits = {"train": {"data.split": (spec.data.split, spec.training.batch_size)},
-            "eval": {"eval.split": (spec.eval.split, 1)}}.get(mode, {})
+  ecfg = spec.eval
+  evaluates = mode == "eval" or (mode == "train" and ecfg.every_steps > 0)
+  if evaluates:
+    ecfg.check_model(spec.model.text, spec.cond.image)
+  splits = {"train": {"data.split": (spec.data.split, spec.training.batch_size)}}.get(mode, {})
+  if evaluates and ecfg.likelihood:
+    splits["eval.split"] = (ecfg.split, 1)
+  if evaluates and ecfg.sample_metrics:
+    splits["eval.reference_split"] = (ecfg.reference_split, 2)
   pipeline.check(spec.data, splits, spec.model.text)
   found = workdir_lib.check(spec, workdir, mode)
   return spec, found, workdir_lib.tokenizer(spec, workdir, found)

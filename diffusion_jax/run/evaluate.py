@@ -1,15 +1,29 @@
-"""--mode=eval: negative log-likelihood (bits/dim) of a data split under the latest
-checkpoint's EMA parameters, written to WORKDIR/eval/step_<step>_<method>.json.
-Every process evaluates its slice of each batch; process 0 writes the result."""
+"""Evaluation of a run's EMA parameters: the metrics of the `eval` section. Every
+process evaluates its slice of each batch; process 0 writes the results.
 
+--mode=eval evaluates the latest checkpoint; periodic evaluation (`eval.every_steps`)
+is a training-loop hook that does the same every N steps, logs the metrics and keeps a
+best checkpoint (`eval.best_metric`). Results go to stdout and to
+WORKDIR/eval/step_<step>_<method>.json (bits/dim, "bpd") and
+WORKDIR/eval/step_<step>_<feature net>.json (sample metrics); files are never
+overwritten (a second result at a step gets a -1, -2, ... suffix).
+"""
+
+import dataclasses
 import json
+import time
 
 import numpy as np
 from etils import epath
 
+from diffusion_jax.config.errors import ConfigError, require
 from diffusion_jax.data import pipeline
-from diffusion_jax.evaluation import likelihood
-from diffusion_jax.run import build
+from diffusion_jax.evaluation import best_checkpoint, features, likelihood, metrics, reference
+from diffusion_jax.evaluation.eval_config import METRICS
+from diffusion_jax.run import build, metadata
+from diffusion_jax.run import spec as spec_lib
+from diffusion_jax.run import workdir as workdir_lib
+from diffusion_jax.sampling import generate, inputs as inputs_lib
 from diffusion_jax.training import distributed, mesh as mesh_lib
 
 
@@ -21,31 +35,181 @@ def _free_path(directory: epath.Path, stem: str) -> epath.Path:
   return path
 
 
-def evaluate_likelihood(config, workdir: str, mesh=None) -> dict:
-  mesh = mesh or mesh_lib.make_mesh()
-  spec, found, _ = build.checked(config, workdir, "eval", mesh.devices.size)
-  build.use_compilation_cache(spec, workdir)
-  ecfg, dcfg = spec.eval, spec.data
-  data = distributed.checked(pipeline.load_split_numpy, dcfg, ecfg.split,
-                             ecfg.num_examples or None)
-  images = data["image"]
-  labels = data.get("label", np.zeros(len(images), np.int64)).astype(np.int32)
-  state = build.load_state(spec, workdir, found, mesh)
-  fn = likelihood.make_nll_fn(build.model(spec), spec.diffusion, ecfg, mesh)
-  bpd = likelihood.bits_per_dim(fn, state.ema_params, images, labels, ecfg, mesh)
-  result = {
-      "step": int(state.step), "method": ecfg.method, "split": ecfg.split,
-      "num_examples": int(len(bpd)), "bits_per_dim": float(bpd.mean()),
-      "bits_per_dim_stderr": float(bpd.std(ddof=1) / np.sqrt(len(bpd))) if len(bpd) > 1 else 0.0,
-      "conditional_on_labels": bool(dcfg.num_classes),
-  }
-  if ecfg.method == "ode":
-    result.update(ode_steps=ecfg.ode_steps, hutchinson_probes=ecfg.hutchinson_probes)
+def _write_result(workdir: str, stem: str, result: dict) -> dict:
   if distributed.is_primary():
     directory = epath.Path(workdir) / "eval"
     directory.mkdir(parents=True, exist_ok=True)
-    path = _free_path(directory, f"step_{result['step']}_{ecfg.method}")
+    path = _free_path(directory, stem)
     path.write_text(json.dumps(result, indent=2))
-    result["path"] = str(path)
+    result = {**result, "path": str(path)}
     print(json.dumps(result), flush=True)
   return result
+
+
+def _note(msg: str) -> None:
+  if distributed.is_primary():
+    print(msg, flush=True)
+
+
+def load_extractor(spec: spec_lib.Spec) -> features.Extractor:
+  """The configured feature network, its weights read and checked (ConfigError)."""
+  ecfg = spec.eval
+  name = ecfg.feature_net_name(spec.data.name)
+  try:
+    return features.FEATURE_NETS[name].load(name, ecfg.inception_weights)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(f"eval.feature_net={name!r}: {e}") from None
+
+
+class SampleEvaluator:
+  """Sample metrics of parameters: samples as the `sample` section says (eval.num_samples
+  of them), their features, and the metrics against the reference split's features.
+
+  Everything that can fail (weights, reference split, conditions) is done on
+  construction, before anything compiles."""
+
+  def __init__(self, spec: spec_lib.Spec, mesh, tokenizer, net=None):
+    ecfg = spec.eval
+    self.ecfg, self.mesh = ecfg, mesh
+    self.extractor = load_extractor(spec)
+    dim = features.FEATURE_NETS[self.extractor.name].dim
+    self.reference = reference.reference_features(
+        spec.data, ecfg.reference_split, ecfg.reference_examples, self.extractor,
+        ecfg.batch_size, note=_note)
+    n_ref = len(self.reference.features)
+    require("fd" not in ecfg.metrics or n_ref > dim,
+            f"eval.reference_split={ecfg.reference_split!r} gives {n_ref} reference images, "
+            f"not more than the {dim} feature dimensions of {self.extractor.name!r}: FD "
+            "needs more; use a larger split or eval.reference_examples, or kid")
+    self.sample_set = dataclasses.replace(spec.sample_set, num_samples=ecfg.num_samples)
+    self.spec = dataclasses.replace(spec, sample_set=self.sample_set)
+    self.inputs, self.record = inputs_lib.gather(self.spec, inputs_lib.Given(), tokenizer)
+    self.sample_fn = generate.make_sample_fn(
+        net or build.model(spec), spec.diffusion, spec.sampler, spec.image_shape, mesh,
+        spec.cond, spec.sample_set.project, spec.guidance)
+
+  def __call__(self, params, step: int) -> dict:
+    t0 = time.perf_counter()
+    s = self.sample_set
+    images = generate.generate(self.sample_fn, params, self.inputs, s.batch_size, s.seed,
+                               self.mesh, num_samples=s.num_samples)
+    t1 = time.perf_counter()
+    feats = features.extract(self.extractor, images, self.ecfg.batch_size)
+    sets = metrics.SampleSets(self.reference.features, feats["features"], feats.get("probs"))
+    scalars = metrics.sample_metrics(self.ecfg.sample_metrics, sets)
+    t2 = time.perf_counter()
+    return {"step": int(step), **scalars, "feature_net": self.extractor.name,
+            "feature_net_sha256": self.extractor.sha256, "num_samples": int(len(images)),
+            "reference_split": self.ecfg.reference_split,
+            "reference_examples": int(len(self.reference.features)),
+            "reference_cache": self.reference.path, "sampler": self.spec.sampler.sampler,
+            "sampler_steps": self.spec.sampler.num_steps,
+            "sample_seconds": round(t1 - t0, 2), "metric_seconds": round(t2 - t1, 2)}
+
+
+class LikelihoodEvaluator:
+  """Bits/dim of eval.split (metric "bpd")."""
+
+  def __init__(self, spec: spec_lib.Spec, mesh, net=None):
+    ecfg, dcfg = spec.eval, spec.data
+    self.ecfg, self.mesh, self.dcfg = ecfg, mesh, dcfg
+    data = distributed.checked(pipeline.load_split_numpy, dcfg, ecfg.split,
+                               ecfg.num_examples or None)
+    self.images = data["image"]
+    self.labels = data.get("label", np.zeros(len(self.images), np.int64)).astype(np.int32)
+    self.fn = likelihood.make_nll_fn(net or build.model(spec), spec.diffusion, ecfg, mesh)
+
+  def __call__(self, params, step: int) -> dict:
+    t0 = time.perf_counter()
+    ecfg = self.ecfg
+    bpd = likelihood.bits_per_dim(self.fn, params, self.images, self.labels, ecfg, self.mesh)
+    result = {
+        "step": int(step), "method": ecfg.method, "split": ecfg.split,
+        "num_examples": int(len(bpd)), "bits_per_dim": float(bpd.mean()),
+        "bits_per_dim_stderr": float(bpd.std(ddof=1) / np.sqrt(len(bpd))) if len(bpd) > 1 else 0.0,
+        "conditional_on_labels": bool(self.dcfg.num_classes),
+    }
+    if ecfg.method == "ode":
+      result.update(ode_steps=ecfg.ode_steps, hutchinson_probes=ecfg.hutchinson_probes)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+class Evaluation:
+  """The configured metrics of parameters at a step, written to WORKDIR/eval/."""
+
+  def __init__(self, spec: spec_lib.Spec, workdir: str, mesh, tokenizer, net=None):
+    ecfg = spec.eval
+    self.workdir = workdir
+    self.net_name = ecfg.feature_net_name(spec.data.name)
+    self.likelihood = LikelihoodEvaluator(spec, mesh, net) if ecfg.likelihood else None
+    self.samples = (SampleEvaluator(spec, mesh, tokenizer, net)
+                    if ecfg.sample_metrics else None)
+
+  def __call__(self, params, step: int) -> dict:
+    """{"bpd": likelihood result, "samples": sample-metric result} (those configured)."""
+    out = {}
+    if self.likelihood:
+      r = self.likelihood(params, step)
+      out["bpd"] = _write_result(self.workdir, f"step_{step}_{r['method']}", r)
+    if self.samples:
+      r = self.samples(params, step)
+      out["samples"] = _write_result(self.workdir, f"step_{step}_{self.net_name}", r)
+    return out
+
+
+def scalars_of(results: dict) -> dict[str, float]:
+  """The metric values of Evaluation's results, by metric name."""
+  out = {}
+  if "bpd" in results:
+    out["bpd"] = results["bpd"]["bits_per_dim"]
+  if "samples" in results:
+    r = results["samples"]
+    out.update({k: v for k, v in r.items()
+                if k in METRICS or k.endswith("_std") and k[:-4] in METRICS})
+  return out
+
+
+def evaluate(config, workdir: str, mesh=None) -> dict:
+  """--mode=eval: the configured metrics of the latest checkpoint's EMA parameters."""
+  mesh = mesh or mesh_lib.make_mesh()
+  spec, found, tokenizer = build.checked(config, workdir, "eval", mesh.devices.size)
+  build.use_compilation_cache(spec, workdir)
+  evaluation = distributed.checked(Evaluation, spec, workdir, mesh, tokenizer)
+  state = build.load_state(spec, workdir, found, mesh)
+  metadata.record(workdir, spec, "eval", int(state.step))
+  return evaluation(state.ema_params, int(state.step))
+
+
+def evaluate_likelihood(config, workdir: str, mesh=None) -> dict:
+  """Bits/dim of eval.split under the latest checkpoint (the "bpd" result of evaluate)."""
+  return evaluate(config, workdir, mesh).get("bpd", {})
+
+
+class PeriodicEvaluation:
+  """The training hook of `eval.every_steps`: evaluates every N steps and at the last
+  step, returns the metrics to log ("eval/<name>"), and keeps the best checkpoint
+  (`eval.best_metric`). Built (and so checked) before training starts."""
+
+  def __init__(self, spec: spec_lib.Spec, workdir: str, mesh, tokenizer, net=None):
+    self.every, self.last = spec.eval.every_steps, spec.training.num_steps
+    self.evaluation = Evaluation(spec, workdir, mesh, tokenizer, net)
+    metric = spec.eval.best_metric
+    self.best = best_checkpoint.BestCheckpoint(
+        workdir, metric, METRICS[metric].lower_is_better,
+        workdir_lib.model_meta(spec, tokenizer)) if metric else None
+
+  def __call__(self, step: int, state) -> dict | None:
+    if step % self.every and step != self.last:
+      return None
+    t0 = time.perf_counter()
+    values = scalars_of(self.evaluation(state.ema_params, step))
+    out = {f"eval/{k}": v for k, v in values.items()}
+    if self.best is not None and self.best.update(step, state, values):
+      out["eval/best_step"] = float(step)
+    out["eval/seconds"] = time.perf_counter() - t0
+    return out
+
+
+__all__ = ["Evaluation", "PeriodicEvaluation", "SampleEvaluator", "evaluate",
+           "evaluate_likelihood", "load_extractor"]

@@ -15,7 +15,7 @@ from diffusion_jax.config.errors import ConfigError, Problems
 from diffusion_jax.core import diffusion as diffusion_lib
 from diffusion_jax.core.samplers import SamplerConfig
 from diffusion_jax.data.pipeline import DataConfig
-from diffusion_jax.evaluation.likelihood import EvalConfig
+from diffusion_jax.evaluation.eval_config import EvalConfig
 from diffusion_jax.models.unet import UNetConfig
 from diffusion_jax.sampling.generate import SampleSetConfig
 from diffusion_jax.training import mesh as mesh_lib
@@ -75,6 +75,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   cross(("model",), lambda m: conditions.check_guidance(config.training, config.sample, m))
   cross(("sampler", "diffusion"), lambda s, f: s.check_schedule(f.schedule))
   cross(("eval", "diffusion"), lambda e, f: e.check_diffusion(f))
+  cross(("eval", "data"), lambda e, d: e.check_data(d.name, d.image_size, d.channels))
   cross(("training",), lambda t: mesh_lib.check_batch(t.batch_size, num_devices,
                                                       "training.batch_size"))
   cross(("sample_set",), lambda s: mesh_lib.check_batch(s.batch_size, num_devices,

@@ -8,6 +8,8 @@ from etils import epath
 
 from diffusion_jax.data import pipeline
 from diffusion_jax.run import build, lock as lock_lib
+from diffusion_jax.run import evaluate as evaluate_run
+from diffusion_jax.run import metadata
 from diffusion_jax.run import sample as sample_run
 from diffusion_jax.run import workdir as workdir_lib
 from diffusion_jax.sampling import inputs as inputs_lib
@@ -48,6 +50,10 @@ def train_and_evaluate(config, workdir: str, mesh=None, hooks=(), listeners=(),
   training.loop.Preempted; the same call resumes."""
   mesh = mesh or mesh_lib.make_mesh()
   spec, found, tokenizer = build.checked(config, workdir, "train", mesh.devices.size)
+  # Periodic evaluation (eval.every_steps) checks its weights, reference and inputs now.
+  periodic = (distributed.checked(evaluate_run.PeriodicEvaluation, spec, workdir, mesh,
+                                  tokenizer) if spec.eval.every_steps else None)
+  hooks = (*hooks, periodic) if periodic else hooks
   if run_id is None:
     run_id = distributed.agree_on_run(config.to_json_best_effort(sort_keys=True) + workdir)
   tcfg = spec.training
@@ -67,6 +73,7 @@ def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preemp
   build.use_compilation_cache(spec, workdir)
   if distributed.is_primary():
     workdir_lib.save_config(spec.config, workdir, found.latest)
+  metadata.record(workdir, spec, "train", found.latest)
   net, tx = build.model(spec), build.optimizer_of(spec)
   init, key, _ = build.init_fns(spec, net, tx, mesh)
   writer = MetricWriter(str(epath.Path(workdir) / "tensorboard"), tcfg.num_steps, listeners)

@@ -285,9 +285,9 @@ def test_checkpoint_meta_from_before_the_new_fields_still_matches(monkeypatch, t
   old = workdir_lib.model_meta(spec_lib.parse(config, 1))
   for k in ("embedding", "resblock_updown", "progressive", "input_fourier"):
     del old["model"][k]
-  monkeypatch.setattr(workdir_lib.checkpoint, "latest_step", lambda workdir: 7)
-  monkeypatch.setattr(workdir_lib.checkpoint, "read_meta", lambda workdir, step: old)
-  assert workdir_lib.check(spec_lib.parse(config, 1), str(tmp_path), "train") == 7
+  found = workdir_lib.checkpoint.Found(usable=(7,), meta=old)
+  monkeypatch.setattr(workdir_lib.checkpoint, "find", lambda workdir, with_iterator: found)
+  assert workdir_lib.check(spec_lib.parse(config, 1), str(tmp_path), "train").latest == 7
   config.model.resblock_updown = True  # A real difference is still refused.
   with pytest.raises(ConfigError, match="model.resblock_updown differ"):
     workdir_lib.check(spec_lib.parse(config, 1), str(tmp_path), "train")

@@ -26,15 +26,18 @@ SHRINK = {
     "train": {"training.num_steps": 2, "training.checkpoint_every": 2, "training.log_every": 1,
               "training.batch_size": 8, "optim.warmup_steps": 1, "model.num_res_blocks": 1,
               "model.attn_resolutions": (),
-              "sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2},
+              "sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2,
+              "eval.num_samples": 80},
     "sample": {"sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2},
-    "eval": {"eval.num_examples": 4, "eval.batch_size": 4, "eval.ode_steps": 2},
+    "eval": {"eval.num_examples": 4, "eval.batch_size": 4, "eval.ode_steps": 2,
+             "eval.num_samples": 80, "sample.batch_size": 40},
 }
 FAKE_DATA_DIR = "/data/tfds"  # The docs' example data_dir, replaced by a local one.
 
 
 def commands() -> list[tuple[str, list[str]]]:
-  """(page, argv) of every `python -m diffusion_jax.main` in a bash block, in order."""
+  """(page, [module, *argv]) of every `python -m diffusion_jax...` in a bash block, in
+  order."""
   out = []
   for page in PAGES:
     text = open(os.path.join(ROOT, page)).read()
@@ -43,8 +46,8 @@ def commands() -> list[tuple[str, list[str]]]:
         line = line.split(" && ")[-1].strip()
         if line.startswith("python -m diffusion_jax."):
           words = shlex.split(line)
-          assert words[2] == "diffusion_jax.main", f"{page}: no test runs {words[2]} yet"
-          out.append((page, words[3:]))
+          assert words[2] in RUNNERS, f"{page}: no test runs {words[2]} yet"
+          out.append((page, words[2:]))
   return out
 
 
@@ -69,6 +72,27 @@ def shrunk(argv: list[str], data_dir: str) -> list[str]:
   if mode == "sample" and _value(argv, "labels"):
     extra.pop("sample.num_samples")
   return argv + [f"--config.{k}={fmt(v)}" for k, v in extra.items()]
+
+
+def run_reproduce(argv: list[str]):
+  """`python -m diffusion_jax.reproduce ARGV` in this process, its output captured.
+  Entries run as recorded (with --quick where the page says so): the registry's
+  expectations are what the test checks."""
+  import contextlib
+  import io
+  from diffusion_jax import reproduce
+  from tests.conftest import Result
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = reproduce.main(argv)
+  return Result(code, out.getvalue(), err.getvalue())
+
+
+# Module -> (how to shrink its argv, how to run it).
+RUNNERS = {
+    "diffusion_jax.main": (shrunk, run_main),
+    "diffusion_jax.reproduce": (lambda argv, data_dir: argv, run_reproduce),
+}
 
 
 def prepare_inputs(workspace: str) -> None:
@@ -103,8 +127,9 @@ def run_all(workspace: str) -> list[tuple[str, list[str], object]]:
   cwd = os.getcwd()
   os.chdir(workspace)
   try:
-    for page, argv in commands():
-      results.append((page, argv, run_main(shrunk(argv, cifar_dir))))
+    for page, (module, *argv) in commands():
+      shrink, runner = RUNNERS[module]
+      results.append((page, argv, runner(shrink(argv, cifar_dir))))
   finally:
     os.chdir(cwd)
   return results

@@ -1,0 +1,100 @@
+"""The results registry and `python -m diffusion_jax.reproduce`: the registry is well
+formed, the README tables are generated from it, values taken from older output files
+equal those files, and reproduce passes on a tiny entry and fails when the entry's
+expectation is moved outside its tolerance."""
+
+import json
+import os
+
+import pytest
+
+from diffusion_jax import reproduce
+from tests.conftest import ROOT, fmt, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def registry():
+  return reproduce.load_registry()
+
+
+def test_readme_tables_are_generated_from_the_registry(registry):
+  stale = reproduce.tables(registry, check=True)
+  assert not stale, (f"{stale} differ from experiments/results.json: run "
+                     "`python -m diffusion_jax.reproduce --tables`")
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  measured = lambda results: all(r.get("expected") is not None for r in results.values())
+  for name, e in registry["entries"].items():
+    if not e.get("readme"):
+      continue
+    # Measured results are shown with their command; an unmeasured one only by its
+    # measured shrunk variant, and then says so.
+    if measured(e["results"]):
+      assert f"diffusion_jax.reproduce {name}` |" in readme, name
+    elif e.get("quick") and measured(e["quick"]["results"]):
+      assert f"diffusion_jax.reproduce {name} --quick` |" in readme, name
+      assert "not measured yet; shrunk run" in readme
+    else:
+      assert f"diffusion_jax.reproduce {name}`" not in readme, name
+
+
+def test_values_from_older_output_files_equal_those_files(registry):
+  for name, entry in registry["entries"].items():
+    if entry.get("source"):
+      values = reproduce.source_values(entry)
+      for metric, value in values.items():
+        assert entry["results"][metric]["expected"] == pytest.approx(value, rel=1e-5), name
+
+
+def test_every_entry_names_its_commands_and_output(registry):
+  for name, entry in registry["entries"].items():
+    for line in reproduce.commands(entry, False, "WD", "OUT"):
+      assert "{" not in line, (name, line)
+    if entry.get("config"):
+      assert os.path.exists(os.path.join(ROOT, entry["config"])), name
+    for r in entry["results"].values():
+      assert r.get("expected") is None or entry.get("measured"), name
+
+
+def test_unknown_entry_is_one_error_line(capsys):
+  assert reproduce.main(["no_such_result"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: unknown registry entry 'no_such_result'")
+
+
+def tiny_registry(path: str, expected=None, tolerance=0.5) -> None:
+  """One entry: the tiny model, 2 steps, evaluated (KID, recall) at the end."""
+  overrides = {**tiny_overrides(), "training.num_steps": 2, "training.checkpoint_every": 2,
+               "training.log_every": 1, "training.sample_at_end": False,
+               "optim.warmup_steps": 1, "eval.every_steps": 2, "eval.metrics": "kid,recall",
+               "eval.num_samples": 20}
+  entry = {"title": "tiny", "config": "configs/digits.py",
+           "overrides": {k: fmt(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+           "commands": ["python -m diffusion_jax.main --config={config} --workdir={workdir} "
+                        "{overrides}"],
+           "output": "{workdir}/eval/step_2_digits-v1.json",
+           "results": {"kid": {"expected": expected, "tolerance": tolerance},
+                       "recall": {"expected": expected and 0.0, "tolerance": 1.0}}}
+  with open(path, "w") as f:
+    json.dump({"entries": {"tiny": entry}}, f)
+
+
+def test_reproduce_passes_within_tolerance_and_fails_outside(tmp_path, data_dir, capsys):
+  path = str(tmp_path / "results.json")
+  tiny_registry(path)
+  assert reproduce.main(["tiny", "--registry", path, "--record"]) == 0
+  with open(path) as f:
+    recorded = json.load(f)["entries"]["tiny"]
+  kid = recorded["results"]["kid"]["expected"]
+  assert kid > 0 and recorded["measured"]["wall_time_s"] > 0
+  capsys.readouterr()
+  assert reproduce.main(["tiny", "--registry", path]) == 0
+  assert "kid" in capsys.readouterr().out
+  tiny_registry(path, expected=kid + 0.6, tolerance=0.5)  # Moved outside its tolerance.
+  assert reproduce.main(["tiny", "--registry", path]) == 1
+  assert "OUTSIDE TOLERANCE" in capsys.readouterr().out
+  # A used workdir is refused: nothing there is overwritten.
+  used = tmp_path / "used"
+  used.mkdir()
+  (used / "keep").write_text("x")
+  assert reproduce.main(["tiny", "--registry", path, f"--workdir={used}"]) == 2
+  assert (used / "keep").read_text() == "x"
