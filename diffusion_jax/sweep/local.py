@@ -82,6 +82,8 @@ def prepare(study: Study, workdir: str, engine: str) -> None:
   path = os.path.join(workdir, records.SWEEP)
   if not records.create_json(path, record):
     check_dir(study, workdir, engine)  # Another runner made it first: the same sweep?
+  if engine != "local":
+    return  # Other engines name their own trials.
   for t in study.trials:
     tdir = records.trial_dir(workdir, t.id)
     os.makedirs(tdir, exist_ok=True)

@@ -211,11 +211,13 @@ class Recorder(_TuneCallback):
 
   def _line(self, trials, msg: str) -> None:
     c = {"done": 0, "stopped": 0, "failed": 0}
+    running = 0
     for tid in records.trial_ids(self.workdir):
       r = records.result(records.trial_dir(self.workdir, tid))
       if r:
         c[r["status"]] += 1
-    running = sum(t.status == "RUNNING" for t in trials)
+      else:
+        running += 1
     left = max(self.total - sum(c.values()) - running, 0)
     print(f"[sweep {time.strftime('%H:%M:%S')}] {msg} | {c['done']} done, {running} running, "
           f"{c['failed']} failed, {c['stopped']} stopped, {left} left", flush=True)
@@ -297,6 +299,9 @@ def run(study: Study, workdir: str, address: str = "", parallel: int = 0,
 
   workdir = os.path.abspath(workdir)
   sweep = study.sweep
+  # Tune's own progress tables are off (verbose=0 below is honoured by its older
+  # reporter only): the sweep prints one line per trial event instead.
+  os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
   bundle = _resources(resources)
   env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
   ray.init(address=address or None, runtime_env={"env_vars": env} if env else None,
@@ -330,7 +335,7 @@ def run(study: Study, workdir: str, address: str = "", parallel: int = 0,
           tune_config=tune.TuneConfig(
               metric=sweep.metric, mode=sweep.mode, search_alg=search_alg,
               scheduler=scheduler, num_samples=sweep.num_trials,
-              max_concurrent_trials=parallel or None),
+              max_concurrent_trials=parallel or None, reuse_actors=True),
           run_config=tune.RunConfig(
               name="tune", storage_path=os.path.join(workdir, "ray"), verbose=0,
               failure_config=tune.FailureConfig(max_failures=0), callbacks=[recorder],

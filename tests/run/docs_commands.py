@@ -30,10 +30,12 @@ SHRINK = {
     "eval": {"eval.num_examples": 4, "eval.batch_size": 4, "eval.ode_steps": 2},
 }
 FAKE_DATA_DIR = "/data/tfds"  # The docs' example data_dir, replaced by a local one.
+MODULES = ("diffusion_jax.main", "diffusion_jax.sweep")  # The commands these tests run.
 
 
 def commands() -> list[tuple[str, list[str]]]:
-  """(page, argv) of every `python -m diffusion_jax.main` in a bash block, in order."""
+  """(page, argv) of every `python -m diffusion_jax...` in a bash block, in order (argv[0]
+  is the module)."""
   out = []
   for page in PAGES:
     text = open(os.path.join(ROOT, page)).read()
@@ -42,8 +44,8 @@ def commands() -> list[tuple[str, list[str]]]:
         line = line.split(" && ")[-1].strip()
         if line.startswith("python -m diffusion_jax."):
           words = shlex.split(line)
-          assert words[2] == "diffusion_jax.main", f"{page}: no test runs {words[2]} yet"
-          out.append((page, words[3:]))
+          assert words[2] in MODULES, f"{page}: no test runs {words[2]} yet"
+          out.append((page, words[2:]))
   return out
 
 
@@ -55,8 +57,11 @@ def _value(argv, flag):
 
 
 def shrunk(argv: list[str], data_dir: str) -> list[str]:
-  """The command with a tiny model and run, and the local data_dir."""
+  """The command with a tiny model and run, and the local data_dir (a sweep's trials
+  are shrunk as train commands are; --report runs nothing)."""
   argv = [a.replace(FAKE_DATA_DIR, data_dir) for a in argv]
+  if "--report" in argv:
+    return argv
   mode = _value(argv, "mode") or "train"
   config = _value(argv, "config")
   if mode == "train" and config and ":" not in config:
@@ -107,6 +112,21 @@ def prepare_cifar10(data_dir: str) -> None:
 
 
 
+def run(module: str, argv: list[str]):
+  """`python -m MODULE ARGV` in this process."""
+  if module == "diffusion_jax.main":
+    return run_main(argv)
+  import contextlib
+  import io
+
+  from diffusion_jax.sweep import cli
+  from tests.conftest import Result
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = cli.run([module, *argv])
+  return Result(code, out.getvalue(), err.getvalue())
+
+
 def run_all(workspace: str) -> list[tuple[str, list[str], object]]:
   """Runs every documented command in order in `workspace`: (page, argv, result)."""
   os.symlink(os.path.join(ROOT, "configs"), os.path.join(workspace, "configs"))
@@ -117,8 +137,8 @@ def run_all(workspace: str) -> list[tuple[str, list[str], object]]:
   cwd = os.getcwd()
   os.chdir(workspace)
   try:
-    for page, argv in commands():
-      results.append((page, argv, run_main(shrunk(argv, cifar_dir))))
+    for page, (module, *argv) in commands():
+      results.append((page, argv, run(module, shrunk(argv, cifar_dir))))
   finally:
     os.chdir(cwd)
   return results

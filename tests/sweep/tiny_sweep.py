@@ -9,7 +9,7 @@ from diffusion_jax.sweep import space
 
 TINY = {"model": {"ch": 8, "ch_mult": (1, 2), "num_res_blocks": 1, "num_groups": 4,
                   "dropout": 0.0},
-        "training": {"batch_size": 16, "num_steps": 4, "log_every": 2, "checkpoint_every": 2,
+        "training": {"batch_size": 16, "num_steps": 8, "log_every": 2, "checkpoint_every": 2,
                      "sample_at_end": False},
         "optim": {"warmup_steps": 1}}
 
@@ -39,5 +39,9 @@ def get_sweep(arg: str = ""):
       "empty_grid": lambda: space.Sweep(grid=space.product({"seed": []}), **loss),
       "search": lambda: space.Sweep(search={"optim.lr": space.loguniform(1e-4, 1e-1)},
                                     num_trials=3, **loss),
+      # For tests.sweep.objectives (16 steps, a report every 2): TPE with ASHA.
+      "search_asha": lambda: space.Sweep(
+          search={"optim.lr": space.loguniform(1e-4, 1e-1)}, num_trials=6,
+          early_stopping=space.EarlyStopping(grace_steps=4, reduction_factor=2), **loss),
   }
   return sweeps[arg]()
