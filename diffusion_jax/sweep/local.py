@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import Callable, TextIO
@@ -32,6 +33,11 @@ class Options:
   heartbeat_s: float = 5.0
   poll_s: float = 2.0  # How often a runner looks at trials running elsewhere.
   retry_failed: bool = False
+
+
+# Set by SIGTERM. Its handler raises KeyboardInterrupt, but an exception raised while
+# a garbage-collection callback runs is dropped: the next report raises it again.
+TERMINATING = threading.Event()
 
 
 class StopTrial(Exception):
@@ -158,6 +164,8 @@ class Reporter:
     self.path = os.path.join(self.tdir, "metrics.jsonl")
 
   def __call__(self, step: int, scalars: dict) -> None:
+    if TERMINATING.is_set():
+      raise KeyboardInterrupt("terminated")
     if self.claim is not None and self.claim.lost.is_set():
       raise ClaimLost(f"trial {self.trial.id} was taken over by another runner")
     sweep = self.study.sweep
@@ -273,6 +281,8 @@ def work(study: Study, workdir: str, opts: Options, progress: Callable[[str], No
   hold (taking over any whose runner dies)."""
   waiting_for: list[str] = []
   while True:
+    if TERMINATING.is_set():
+      raise KeyboardInterrupt("terminated")
     nxt = _next_claim(study, workdir, opts)
     if nxt is not None:
       trial, claim = nxt
@@ -321,22 +331,9 @@ def _record_crash(study: Study, workdir: str, pid: int, code: int, progress) -> 
       progress(f"{t.id} failed: its runner process was {why}")
 
 
-def run(study: Study, workdir: str, opts: Options, argv: list[str], child: bool = False,
-        stream: TextIO | None = None, train_fn: Callable | None = None) -> int:
-  """The local engine: runs the sweep to the end (0), or to the end with every trial
-  failed (1)."""
-  progress = Progress(study, workdir, opts, stream)
-  if not child:
-    n_failed = reset_failed(study, workdir) if opts.retry_failed else []
-    if n_failed:
-      progress(f"retrying failed trials {', '.join(n_failed)}")
-    progress(f"sweep of {len(study.trials)} trials in {workdir} ({study.config}), "
-             f"{study.sweep.metric} ({study.sweep.mode})")
-
-  def on_term(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-  signal.signal(signal.SIGTERM, on_term)
-
+def _run_runners(study: Study, workdir: str, opts: Options, argv: list[str], progress,
+                 train_fn: Callable | None) -> None:
+  """This process's runner, or --parallel runner processes and their watch."""
   if opts.parallel == 1:
     work(study, workdir, opts, progress, train_fn)
   else:
@@ -350,7 +347,7 @@ def run(study: Study, workdir: str, opts: Options, argv: list[str], child: bool 
           if code is None:
             continue
           procs.remove(p)
-          if code != 0:
+          if code not in (0, 130):  # 130: interrupted; its trial is resumed later.
             _record_crash(study, workdir, p.pid, code, progress)
             if restarts > 0 and counts(study, workdir, opts.stale_after)["left"]:
               restarts -= 1
@@ -361,6 +358,31 @@ def run(study: Study, workdir: str, opts: Options, argv: list[str], child: bool 
       for p in procs:
         p.wait()
       raise
+
+
+def run(study: Study, workdir: str, opts: Options, argv: list[str], child: bool = False,
+        stream: TextIO | None = None, train_fn: Callable | None = None) -> int:
+  """The local engine: runs the sweep to the end (0), or to the end with every trial
+  failed (1)."""
+  progress = Progress(study, workdir, opts, stream)
+  if not child:
+    n_failed = reset_failed(study, workdir) if opts.retry_failed else []
+    if n_failed:
+      progress(f"retrying failed trials {', '.join(n_failed)}")
+    progress(f"sweep of {len(study.trials)} trials in {workdir} ({study.config}), "
+             f"{study.sweep.metric} ({study.sweep.mode})")
+
+  def on_term(signum, frame):
+    TERMINATING.set()
+    raise KeyboardInterrupt(f"signal {signum}")
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
+  try:
+    _run_runners(study, workdir, opts, argv, progress, train_fn)
+  finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous)
+      TERMINATING.clear()
   if child:
     return 0
   rows = results.write(workdir)
