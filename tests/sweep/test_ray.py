@@ -29,19 +29,29 @@ def _ray_processes(session_dir: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, data_dir):
+  from ray._private import ray_constants
   from ray.cluster_utils import Cluster
   # Workers import the tests' objective; the nodes pass their environment on to them.
   old = os.environ.get("PYTHONPATH")
   os.environ["PYTHONPATH"] = ROOT + (os.pathsep + old if old else "")
+  # Loopback only: Ray resolves 127.0.0.1 to the machine's own address unless it is in
+  # its single-machine mode (read from this variable by the nodes, from the constant
+  # here, where ray may already be imported).
+  os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+  single_machine = ray_constants.ENABLE_RAY_CLUSTER
+  ray_constants.ENABLE_RAY_CLUSTER = False
   small = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
   c = Cluster(initialize_head=True, head_node_args={**small, "include_dashboard": False,
                                                     "node_ip_address": "127.0.0.1"})
   c.add_node(**small, node_ip_address="127.0.0.1")
   session = c.head_node.get_session_dir_path()
+  assert c.address.startswith("127.0.0.1:"), c.address
   try:
     yield c
   finally:
     c.shutdown()
+    ray_constants.ENABLE_RAY_CLUSTER = single_machine
+    os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     if old is None:
       os.environ.pop("PYTHONPATH")
     else:
