@@ -7,9 +7,16 @@ runs/digits/samples/step_<N>.png (one row per digit). Measured result (1,000 sam
 `python experiments/digits_eval.py --workdir=runs/digits`): see experiments/README.md.
 
 Smoke-test variant (a few steps, seconds): --config=configs/digits.py:runlocal
+
+Sweep (`get_sweep`, docs/sweeps.md): the example study of experiments/README.md,
+learning rate x EMA decay x loss weighting, 8 trials of 1,000 steps:
+  python -m diffusion_jax.sweep --config=configs/digits.py --workdir=runs/digits_sweep \
+      --config.training.num_steps=1000 --config.sample.num_samples=500 \
+      --config.sample.batch_size=500
 """
 
 from diffusion_jax.config import defaults as default
+from diffusion_jax.sweep import space
 
 
 def get_config(arg: str = ""):
@@ -26,3 +33,16 @@ def get_config(arg: str = ""):
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of configs/digits.py (known: runlocal)")
   return c
+
+
+def get_sweep(arg: str = ""):
+  """Learning rate x EMA decay x loss weighting (simple vs min-SNR, gamma 5), ranked by
+  the final training loss: the one metric every run reports until periodic
+  evaluation does. The :runlocal sweep is two trials of the smoke test."""
+  if arg == "runlocal":
+    return space.Sweep(grid=space.product({"training.ema_decay": [0.99, 0.999]}),
+                       metric="loss", mode="min")
+  return space.Sweep(
+      grid=space.product({"optim.lr": [1e-3, 3e-3], "training.ema_decay": [0.99, 0.999],
+                          "diffusion.weighting": ["simple", "min_snr"]}),
+      metric="loss", mode="min")

@@ -14,7 +14,7 @@ import diffusion_jax
 PACKAGE = os.path.dirname(diffusion_jax.__file__)
 # Each subpackage may import from itself and the ones before it, never after.
 LAYERS = ["config", "core", "models", "conditioning", "data", "training", "sampling",
-          "evaluation", "run", "launch", "main", "reproduce"]
+          "evaluation", "run", "launch", "sweep", "main", "reproduce"]
 # What the pure core may not import.
 CORE_FORBIDDEN = ("flax", "tensorflow", "tensorflow_datasets", "orbax", "optax",
                   "diffusion_jax.models", "diffusion_jax.data", "diffusion_jax.training",

@@ -15,6 +15,7 @@ from diffusion_jax.data import pipeline
 from diffusion_jax.evaluation import eval_config, features, likelihood
 from diffusion_jax.models import unet
 from diffusion_jax.run import spec as spec_lib
+from diffusion_jax.sweep import cli as sweep_cli, space as sweep_space
 from diffusion_jax.training import optimizer
 from tests.conftest import ROOT
 
@@ -106,6 +107,25 @@ def test_modes_of_the_command_line(capsys):
   assert f"unknown --mode='score'; known: {sorted(main.MODES)}" in capsys.readouterr().err
 
 
+def test_engines_of_the_sweep_command(capsys):
+  assert sweep_cli.run(["sweep", "--engine=slurm", "--workdir=/nonexistent",
+                        "--config=" + os.path.join(ROOT, "configs", "digits.py")]) == 2
+  assert f"unknown --engine='slurm'; known: {sorted(sweep_cli.ENGINES)}" in capsys.readouterr().err
+
+
+def test_every_search_distribution_checks_samples_and_names_its_extremes():
+  import random
+  made = {"uniform": sweep_space.uniform(0.5, 2.0), "loguniform": sweep_space.loguniform(0.5, 2.0),
+          "randint": sweep_space.randint(1, 3), "choice": sweep_space.choice([0.5, 2.0])}
+  assert sorted(made) == sorted(sweep_space.DISTRIBUTIONS)
+  for name, dist in made.items():
+    assert isinstance(dist, sweep_space.DISTRIBUTIONS[name])
+    dist.check(name)
+    lo, hi = min(dist.extremes()), max(dist.extremes())
+    samples = [dist.sample(random.Random(i)) for i in range(50)]
+    assert all(lo <= v <= hi for v in samples), name
+
+
 DOCS = [  # (page, registry): the page's tables list every name.
     ("processes-and-samplers.md", schedules.SCHEDULES),
     ("processes-and-samplers.md", parameterisation.PREDICTIONS),
@@ -120,6 +140,8 @@ DOCS = [  # (page, registry): the page's tables list every name.
     ("evaluation.md", likelihood.METHODS),
     ("evaluation.md", eval_config.METRICS),
     ("evaluation.md", features.FEATURE_NETS),
+    ("sweeps.md", sweep_cli.ENGINES),
+    ("sweeps.md", sweep_space.DISTRIBUTIONS),
 ]
 
 

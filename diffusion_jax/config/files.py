@@ -32,6 +32,12 @@ def _load_module(path: str) -> types.ModuleType:
   return module
 
 
+def load_module(spec: str) -> types.ModuleType:
+  """The config file of 'path[:variant]' as a module (for functions beside get_config,
+  e.g. a sweep's get_sweep)."""
+  return _load_module(parse_spec(spec)[0])
+
+
 def import_sibling(config_file: str, name: str) -> types.ModuleType:
   """The config module `name` in the same folder as `config_file` (pass __file__)."""
   return _load_module(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))

@@ -59,8 +59,11 @@ def _value(argv, flag):
 
 
 def shrunk(argv: list[str], data_dir: str) -> list[str]:
-  """The command with a tiny model and run, and the local data_dir."""
+  """The command with a tiny model and run, and the local data_dir (a sweep's trials
+  are shrunk as train commands are; --report runs nothing)."""
   argv = [a.replace(FAKE_DATA_DIR, data_dir) for a in argv]
+  if "--report" in argv:
+    return argv
   mode = _value(argv, "mode") or "train"
   config = _value(argv, "config")
   if mode == "train" and config and ":" not in config:
@@ -88,12 +91,6 @@ def run_reproduce(argv: list[str]):
   return Result(code, out.getvalue(), err.getvalue())
 
 
-# Module -> (how to shrink its argv, how to run it).
-RUNNERS = {
-    "diffusion_jax.main": (shrunk, run_main),
-    "diffusion_jax.reproduce": (lambda argv, data_dir: argv, run_reproduce),
-}
-
 
 def prepare_inputs(workspace: str) -> None:
   """The files the docs' sampling commands read."""
@@ -115,6 +112,27 @@ def prepare_inputs(workspace: str) -> None:
     size = (24 + 4 * i, 32 + 2 * i)
     Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
         os.path.join(folder, f"{i}.{'png' if i % 3 else 'jpg'}"))
+
+
+def run_sweep(argv: list[str]):
+  """`python -m diffusion_jax.sweep ARGV` in this process, its output captured."""
+  import contextlib
+  import io
+
+  from diffusion_jax.sweep import cli
+  from tests.conftest import Result
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = cli.run(["diffusion_jax.sweep", *argv])
+  return Result(code, out.getvalue(), err.getvalue())
+
+
+# Module -> (how to shrink its argv, how to run it).
+RUNNERS = {
+    "diffusion_jax.main": (shrunk, run_main),
+    "diffusion_jax.reproduce": (lambda argv, data_dir: argv, run_reproduce),
+    "diffusion_jax.sweep": (shrunk, run_sweep),
+}
 
 
 def run_all(workspace: str) -> list[tuple[str, list[str], object]]:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.xdist_group("docs")
 
 def test_the_docs_have_commands():
   pages = {p for p, _ in commands()}
-  assert {"README.md", "docs/command-line.md", "docs/conditioning.md"} <= pages
+  assert {"README.md", "docs/command-line.md", "docs/conditioning.md", "docs/sweeps.md"} <= pages
 
 
 @pytest.mark.parametrize("index", range(len(commands())))
@@ -30,3 +30,6 @@ def test_documented_runs_wrote_their_outputs(docs_runs):
     samples = os.path.join(workspace, "runs", run, "samples")
     assert any(n.endswith(".png") for n in os.listdir(samples)), run
   assert os.listdir(os.path.join(workspace, "runs", "digits", "eval"))
+  sweep = os.path.join(workspace, "runs", "digits_sweep")
+  assert sorted(os.listdir(os.path.join(sweep, "trials"))) == ["t000", "t001"]
+  assert open(os.path.join(sweep, "results.csv")).read().count(",done,") == 2
