@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from diffusion_jax.data import pipeline
+from diffusion_jax.data import pipeline, tfds_source
 from diffusion_jax.evaluation import features
 from diffusion_jax.evaluation.metrics import gaussian_stats
 
@@ -70,12 +70,22 @@ def _write(path: str, feats: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> b
     return False
 
 
+def _compute(data_cfg, split: str, max_examples: int, extractor: features.Extractor,
+             batch_size: int) -> Reference:
+  images = pipeline.load_split_numpy(data_cfg, split, max_examples or None)["image"]
+  feats = features.extract(extractor, images, batch_size)["features"]
+  mu, sigma = gaussian_stats(feats) if len(feats) > 1 else (feats.mean(0), np.zeros((0, 0)))
+  return Reference(feats, mu, sigma, "", False)
+
+
 def reference_features(data_cfg, split: str, max_examples: int, extractor: features.Extractor,
                        batch_size: int, note: Callable[[str], None] = print) -> Reference:
   """The features (and their mean and covariance) of `split`'s first `max_examples`
   images (0 = all) at data.image_size, from the cache or computed and cached."""
-  builder = pipeline.get_builder(data_cfg.name, data_cfg.data_dir or None)
-  pipeline.prepare(builder)
+  if data_cfg.name in pipeline.SOURCES:  # A folder of the user's: nothing written there.
+    return _compute(data_cfg, split, max_examples, extractor, batch_size)
+  builder = tfds_source.get_builder(data_cfg.name, data_cfg.data_dir or None)
+  tfds_source.prepare(builder)
   full_name = builder.info.full_name
   data_dir = os.fspath(builder.data_dir)
   root = data_dir[:-len(full_name)].rstrip("/") if data_dir.endswith(full_name) else \
@@ -93,9 +103,8 @@ def reference_features(data_cfg, split: str, max_examples: int, extractor: featu
     if others:
       note(f"note: reference statistics of {split!r} exist only for another version of "
            f"the dataset ({', '.join(others)}); computing them for {full_name}")
-  images = pipeline.load_split_numpy(data_cfg, split, max_examples or None)["image"]
-  feats = features.extract(extractor, images, batch_size)["features"]
-  mu, sigma = gaussian_stats(feats) if len(feats) > 1 else (feats.mean(0), np.zeros((0, 0)))
+  ref = _compute(data_cfg, split, max_examples, extractor, batch_size)
+  feats, mu, sigma = ref.features, ref.mu, ref.sigma
   written = not os.path.exists(path) and _write(path, feats, mu, sigma)
   if not written and not os.path.exists(path):
     note(f"note: could not write the reference cache {path}; computed without caching")

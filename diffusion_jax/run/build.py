@@ -16,7 +16,7 @@ from diffusion_jax.training import state as state_lib
 from diffusion_jax.training.step import make_train_step
 
 
-def _checked(config, workdir: str, mode: str, num_devices: int):
+def _checked_run(config, mode: str, num_devices: int) -> spec_lib.Spec:
   spec = spec_lib.parse(config, num_devices)
   ecfg = spec.eval
   evaluates = mode == "eval" or (mode == "train" and ecfg.every_steps > 0)
@@ -28,8 +28,12 @@ def _checked(config, workdir: str, mode: str, num_devices: int):
   if evaluates and ecfg.sample_metrics:
     splits["eval.reference_split"] = (ecfg.reference_split, 2)
   pipeline.check(spec.data, splits, spec.model.text)
+  return spec
+
+
+def _checked_workdir(spec: spec_lib.Spec, workdir: str, mode: str):
   found = workdir_lib.check(spec, workdir, mode)
-  return spec, found, workdir_lib.tokenizer(spec, workdir, found)
+  return found, workdir_lib.tokenizer(spec, workdir, found)
 
 
 def checked(config, workdir: str, mode: str, num_devices: int):
@@ -37,7 +41,10 @@ def checked(config, workdir: str, mode: str, num_devices: int):
   (spec, the workdir's checkpoints (checkpoint.Found), tokenizer or None). A problem
   on any process is a ConfigError on every process."""
   # Process 0 first: it prepares a bundled dataset that the others then read.
-  return distributed.checked(_checked, config, workdir, mode, num_devices, primary_first=True)
+  spec = distributed.checked(_checked_run, config, mode, num_devices, primary_first=True)
+  # Together: orbax's reads of the checkpoints synchronise the processes.
+  found, tokenizer = distributed.checked(_checked_workdir, spec, workdir, mode)
+  return spec, found, tokenizer
 
 
 def use_compilation_cache(spec: spec_lib.Spec, workdir: str) -> None:

@@ -160,11 +160,12 @@ def _main(argv: list[str]) -> int:
   from diffusion_jax.sweep import local, plan
   try:
     engine.check(fv)
-    # The trials compile into DIR's cache from the first program on.
-    local.use_compile_cache(workdir)
     import jax
     study = plan.make(_config_arg(argv), fv.config, jax.device_count())
     local.check_dir(study, workdir, fv.engine)
+    # The trials share DIR's compilation cache (set once DIR is known to be this
+    # sweep's: the checks above compile too).
+    local.use_compile_cache(workdir)
     if not fv.child:
       local.prepare(study, workdir, fv.engine)
     # The runners --parallel starts are this command, less --parallel.

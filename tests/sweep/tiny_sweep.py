@@ -10,7 +10,7 @@ from diffusion_jax.sweep import space
 TINY = {"model": {"ch": 8, "ch_mult": (1, 2), "num_res_blocks": 1, "num_groups": 4,
                   "dropout": 0.0},
         "training": {"batch_size": 16, "num_steps": 8, "log_every": 2, "checkpoint_every": 2,
-                     "sample_at_end": False},
+                     "sample_at_end": False, "max_consecutive_skips": 3},
         "optim": {"warmup_steps": 1}}
 
 

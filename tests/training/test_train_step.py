@@ -79,3 +79,20 @@ def test_same_result_on_8_devices_as_on_1():
                        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "devices=8" in out.stdout and "max_param_diff" in out.stdout, out.stdout
+
+
+def test_a_non_finite_update_is_skipped_and_the_next_applies():
+  # No warmup: the optimizer's count stays at 0 after a skip, where warmup's rate is 0.
+  _, _, state, step, _ = setup(tiny_config(**{"optim.warmup_steps": 0}))
+  bad = fake_batch()
+  bad["image"][3, 2, 2, 0] = np.nan
+  s1, m1 = step(state, bad)
+  assert float(m1["skipped"]) == 1.0 and int(s1.step) == 1
+  for a, b in ((s1.params, state.params), (s1.ema_params, state.ema_params),
+               (s1.opt_state, state.opt_state)):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  s2, m2 = step(s1, fake_batch())
+  assert float(m2["skipped"]) == 0.0 and np.isfinite(float(m2["loss"]))
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)),
+                                         s2.params, s1.params))
+  assert any(changed)

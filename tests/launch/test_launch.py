@@ -1,0 +1,138 @@
+"""The launchers as users run them: `python -m diffusion_jax.launch ...` in a subprocess,
+with a fake `gcloud` / `sbatch` first on PATH that records its arguments; and the
+ahead-of-time TPU check compiled on this CPU with libtpu."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from tests.conftest import ROOT
+
+FAKE = """#!{python}
+import json, os, sys
+with open(os.environ["FAKE_LOG"], "a") as f:
+  f.write(json.dumps(sys.argv) + "\\n")
+"""
+
+
+def launch(tmp_path, *argv, fakes=("gcloud", "sbatch")):
+  """Runs the launcher in tmp_path; returns (result, the fake tools' calls)."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir(exist_ok=True)
+  for name in fakes:
+    tool = bin_dir / name
+    tool.write_text(FAKE.format(python=sys.executable))
+    tool.chmod(0o755)
+  log = tmp_path / "calls.jsonl"
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log),
+         "PYTHONPATH": ROOT}
+  r = subprocess.run([sys.executable, "-m", "diffusion_jax.launch", *argv], env=env,
+                     cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+  return r, calls
+
+
+RUN = ["--config=configs/cifar10_ddpm.py", "--workdir=gs://bucket/runs/cifar10"]
+
+
+def test_tpu_vm_copies_installs_and_starts_main_on_every_worker(tmp_path):
+  r, calls = launch(tmp_path, "tpu-vm", "--name=pod", "--zone=us-central2-b",
+                    "--project=proj", "--", *RUN)
+  assert r.returncode == 0, r.stderr
+  assert [c[1:6] for c in calls] == [["compute", "tpus", "tpu-vm", "scp", calls[0][5]],
+                                     ["compute", "tpus", "tpu-vm", "ssh", "pod"],
+                                     ["compute", "tpus", "tpu-vm", "ssh", "pod"]]
+  for c in calls:
+    assert "--worker=all" in c and "--zone=us-central2-b" in c and "--project=proj" in c
+  archive = calls[0][5]
+  assert calls[0][6] == "pod:diffusion_jax_src.tar.gz"
+  with tarfile.open(archive) as tar:
+    names = tar.getnames()
+  assert "./pyproject.toml" in names and "./diffusion_jax/main.py" in names
+  assert not any("/.git/" in n or n.endswith("/.git") or "/.venv" in n for n in names)
+  install = next(a for a in calls[1] if a.startswith("--command="))
+  assert "pip install" in install and "[tpu]" in install
+  run = next(a for a in calls[2] if a.startswith("--command="))
+  assert run.endswith("python3 -m diffusion_jax.main " + " ".join(RUN))
+  # The printed commands are the ones that ran.
+  assert r.stdout.count("gcloud compute tpus tpu-vm") == 3
+
+
+def test_tpu_vm_dry_run_prints_and_runs_nothing(tmp_path):
+  r, calls = launch(tmp_path, "tpu-vm", "--name=pod", "--zone=z", "--dry_run", "--", *RUN)
+  assert r.returncode == 0, r.stderr
+  assert calls == [] and r.stdout.count("gcloud compute tpus tpu-vm") == 3
+
+
+def test_slurm_writes_a_script_of_one_task_per_gpu_and_submits_it(tmp_path):
+  r, calls = launch(tmp_path, "slurm", "--nodes=2", "--gpus_per_node=4", "--partition=gpu",
+                    "--time=01:00:00", "--", *RUN)
+  assert r.returncode == 0, r.stderr
+  text = (tmp_path / "diffusion_jax.sbatch").read_text()
+  for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+               "#SBATCH --partition=gpu", "#SBATCH --time=01:00:00"):
+    assert line in text.splitlines()
+  assert "srun python3 -m diffusion_jax.main " + " ".join(RUN) in text
+  assert calls == [["%s/bin/sbatch" % tmp_path, "diffusion_jax.sbatch"]] or \
+      [c[1:] for c in calls] == [["diffusion_jax.sbatch"]]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["tpu-vm", "--name=pod", "--zone=z", "--", "--process_id=1", *RUN],
+     "--process_id: JAX finds the TPU VM's workers itself"),
+    (["tpu-vm", "--name=pod", "--zone=z"], "give the run's flags after `--`"),
+    (["tpu-vm", "--zone=z", "--", *RUN], "the following arguments are required: --name"),
+    (["slurm", "--nodes=0", "--", *RUN], "--nodes=0 must be > 0"),
+    (["slurm", "--nodes=1", "--", "--num_processes=2", *RUN],
+     "--num_processes: JAX finds the SLURM tasks itself"),
+    (["submarine"], "unknown command 'submarine'"),
+])
+def test_bad_launches_are_one_error_and_run_nothing(tmp_path, argv, message):
+  r, calls = launch(tmp_path, *argv)
+  assert r.returncode == 2 and message in r.stderr, r.stderr
+  assert calls == [] and not (tmp_path / "diffusion_jax.sbatch").exists()
+
+
+def test_a_missing_tool_is_named(tmp_path):
+  r, _ = launch(tmp_path, "slurm", "--nodes=1", "--", *RUN, fakes=())
+  env_path = os.environ["PATH"].split(":")
+  if any(os.path.exists(os.path.join(p, "sbatch")) for p in env_path):
+    pytest.skip("a real sbatch is installed here")
+  assert r.returncode == 2 and "'sbatch' is not installed" in r.stderr, r.stderr
+
+
+def _has_libtpu() -> bool:
+  try:
+    import libtpu  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+TINY = ["--config.model.ch=16", "--config.model.ch_mult=(1,2)", "--config.model.num_res_blocks=1",
+        "--config.model.attn_resolutions=()", "--config.training.batch_size=8"]
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="libtpu is not installed (the `tpu` extra)")
+def test_check_compiles_for_a_tpu_topology_on_this_cpu(tmp_path):
+  r, _ = launch(tmp_path, "check", f"--config={ROOT}/configs/digits.py", "--topology=v5e:2x2",
+                *TINY)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "topology v5e:2x2: 4 devices (TPU v5 lite), 1 host; global batch 8 (2 per device)" \
+      in r.stdout
+  total = next(line for line in r.stdout.splitlines() if line.strip().startswith("total"))
+  assert "of 16.0 GiB HBM: fits" in total
+  # A batch that does not split over the topology's devices is refused before compiling.
+  r, _ = launch(tmp_path, "check", f"--config={ROOT}/configs/digits.py", "--topology=v5e:2x2",
+                *TINY[:-1], "--config.training.batch_size=6")
+  assert r.returncode == 2 and "is not divisible by the 4 devices" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="libtpu is not installed (the `tpu` extra)")
+def test_check_names_an_unknown_topology(tmp_path):
+  r, _ = launch(tmp_path, "check", f"--config={ROOT}/configs/digits.py", "--topology=v99:9x9")
+  assert r.returncode == 2 and "--topology='v99:9x9' is not a TPU topology" in r.stderr, r.stderr
