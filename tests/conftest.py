@@ -109,12 +109,3 @@ def docs_runs(tmp_path_factory, data_dir):
   workspace = str(tmp_path_factory.mktemp("docs"))
   return workspace, run_all(workspace)
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-  """Under pytest-xdist (--dist loadgroup), a file's tests run on one worker, so that its
-  module fixtures (a trained run, a reference) are built once; files that share a
-  session fixture name one group (xdist_group)."""
-  for item in items:
-    if item.get_closest_marker("xdist_group") is None:
-      item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
