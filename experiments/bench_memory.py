@@ -2,11 +2,14 @@
 rematerialisation, bf16 compute and gradient accumulation, from the compiled
 program's memory analysis (nothing is run: the step is lowered on abstract inputs).
 
-  python experiments/bench_memory.py --batch=32
+  JAX_PLATFORMS=cpu python experiments/bench_memory.py --batch=32
+  python experiments/bench_memory.py --batch=128 --topology=v5e:2x2  # TPU, compiled here
+  JAX_PLATFORMS=cpu python experiments/bench_memory.py --probe  # Does remat save here?
 
 Prints one JSON line per variant: the compiled step's temporary buffers, its
-arguments and outputs, and their sum (the peak the program needs besides code), on
-the first device of the default backend.
+arguments and outputs, and their sum (the peak the program needs besides code), per
+device: of this machine's first device, or (--topology, needs libtpu) of a device of
+a TPU topology the step is compiled for ahead of time on this machine, with no TPU.
 """
 
 import argparse
@@ -23,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from diffusion_jax import config as config_lib  # noqa: E402
+from diffusion_jax.launch import check  # noqa: E402
 from diffusion_jax.run import build, spec as spec_lib  # noqa: E402
 from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
 
@@ -50,43 +54,78 @@ def cpu_model() -> str:
           f"{os.cpu_count()} cores)")
 
 
-def memory(batch: int, overrides: dict) -> dict:
+def memory(batch: int, overrides: dict, topology: str = "") -> dict:
   config = config_lib.load(os.path.join(ROOT, "configs", "cifar10_ddpm.py"))
   config.training.batch_size = batch
   for key, value in overrides.items():
     section, field = key.split(".")
     config[section][field] = value
-  mesh = mesh_lib.make_mesh(1)
-  spec = spec_lib.parse(config, 1)
-  net, tx = build.model(spec), build.optimizer_of(spec)
-  _, _, state = build.init_fns(spec, net, tx, mesh)
-  data = mesh_lib.data_sharded(mesh)
-  batch_spec = {"image": jax.ShapeDtypeStruct((batch, *spec.image_shape), "float32",
-                                              sharding=data)}
-  if spec.model.num_classes:
-    batch_spec["label"] = jax.ShapeDtypeStruct((batch,), "int32", sharding=data)
   t0 = time.perf_counter()
-  compiled = build.jitted_train_step(spec, net, tx, mesh).lower(state, batch_spec).compile()
+  if topology:
+    r = check.compile_report(config, topology)
+    sizes = (r.temporaries, r.arguments, r.outputs, r.aliased)
+  else:
+    mesh = mesh_lib.make_mesh(1)
+    spec = spec_lib.parse(config, 1)
+    net, tx = build.model(spec), build.optimizer_of(spec)
+    _, _, state = build.init_fns(spec, net, tx, mesh)
+    batch_spec = check.abstract_batch(spec, net, mesh)
+    compiled = build.jitted_train_step(spec, net, tx, mesh).lower(state, batch_spec).compile()
+    m = compiled.memory_analysis()
+    sizes = (m.temp_size_in_bytes, m.argument_size_in_bytes, m.output_size_in_bytes,
+             m.alias_size_in_bytes)
   seconds = time.perf_counter() - t0
-  m = compiled.memory_analysis()
+  temp, arguments, outputs, aliased = sizes
   gib = lambda b: round(b / 2**30, 3)
-  return {"temp_gib": gib(m.temp_size_in_bytes), "argument_gib": gib(m.argument_size_in_bytes),
-          "output_gib": gib(m.output_size_in_bytes), "alias_gib": gib(m.alias_size_in_bytes),
-          "peak_gib": gib(m.temp_size_in_bytes + m.argument_size_in_bytes
-                          + m.output_size_in_bytes - m.alias_size_in_bytes),
+  return {"temp_gib": gib(temp), "argument_gib": gib(arguments), "output_gib": gib(outputs),
+          "alias_gib": gib(aliased), "peak_gib": gib(temp + arguments + outputs - aliased),
           "compile_s": round(seconds, 1)}
+
+
+def remat_probe() -> list[dict]:
+  """Does XLA on this backend turn jax.checkpoint into less memory? A chain of 12
+  layers (8192 x 512 activations), differentiated with and without checkpointing each
+  layer: the compiled program's recomputed ops and its temporaries."""
+  import jax.numpy as jnp
+
+  def loss(ws, x, remat):
+    layer = lambda w, h: jnp.tanh(jnp.sin(h @ w) * 2.0 + 1.0)
+    layer = jax.checkpoint(layer) if remat else layer
+    for w in ws:
+      x = layer(w, x)
+    return jnp.sum(x ** 2)
+
+  ws = [jnp.full((512, 512), 0.01) for _ in range(12)]
+  x = jnp.ones((8192, 512))
+  rows = []
+  for remat in (False, True):
+    compiled = jax.jit(jax.grad(lambda w: loss(w, x, remat))).lower(ws).compile()
+    rows.append({"probe": f"12-layer chain, jax.checkpoint={remat}",
+                 "sine_ops": compiled.as_text().count(" sine("),
+                 "temp_mib": round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 1)})
+  return rows
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--topology", default="",
+                      help="a TPU topology (libtpu's names: v5e:2x2, v4:2x2x1, ...); "
+                      "the batch is global, split over its devices")
   parser.add_argument("--variants", default=",".join(VARIANTS),
                       help=f"comma-separated, of {list(VARIANTS)}")
+  parser.add_argument("--probe", action="store_true",
+                      help="only the jax.checkpoint probe of this backend (remat_probe)")
   args = parser.parse_args()
-  print(json.dumps({"cpu": cpu_model(), "backend": jax.default_backend(),
+  if args.probe:
+    for row in remat_probe():
+      print(json.dumps({"target": jax.default_backend(), **row}), flush=True)
+    return
+  print(json.dumps({"cpu": cpu_model(), "target": args.topology or jax.default_backend(),
                     "jax": jax.__version__, "batch": args.batch}), flush=True)
   for name in args.variants.split(","):
-    print(json.dumps({"variant": name, **memory(args.batch, VARIANTS[name])}), flush=True)
+    print(json.dumps({"variant": name, **memory(args.batch, VARIANTS[name], args.topology)}),
+          flush=True)
 
 
 if __name__ == "__main__":
