@@ -54,8 +54,9 @@ def cpu_model() -> str:
           f"{os.cpu_count()} cores)")
 
 
-def memory(batch: int, overrides: dict, topology: str = "") -> dict:
-  config = config_lib.load(os.path.join(ROOT, "configs", "cifar10_ddpm.py"))
+def memory(batch: int, overrides: dict, topology: str = "",
+           config_file: str = "configs/cifar10_ddpm.py") -> dict:
+  config = config_lib.load(os.path.join(ROOT, config_file))
   config.training.batch_size = batch
   for key, value in overrides.items():
     section, field = key.split(".")
@@ -109,6 +110,8 @@ def remat_probe() -> list[dict]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--config", default="configs/cifar10_ddpm.py",
+                      help="the experiment whose network is measured")
   parser.add_argument("--topology", default="",
                       help="a TPU topology (libtpu's names: v5e:2x2, v4:2x2x1, ...); "
                       "the batch is global, split over its devices")
@@ -122,10 +125,11 @@ def main() -> None:
       print(json.dumps({"target": jax.default_backend(), **row}), flush=True)
     return
   print(json.dumps({"cpu": cpu_model(), "target": args.topology or jax.default_backend(),
-                    "jax": jax.__version__, "batch": args.batch}), flush=True)
+                    "config": args.config, "jax": jax.__version__, "batch": args.batch}),
+                   flush=True)
   for name in args.variants.split(","):
-    print(json.dumps({"variant": name, **memory(args.batch, VARIANTS[name], args.topology)}),
-          flush=True)
+    row = memory(args.batch, VARIANTS[name], args.topology, args.config)
+    print(json.dumps({"variant": name, **row}), flush=True)
 
 
 if __name__ == "__main__":
