@@ -47,6 +47,7 @@ CASES = [
     (unet.PROGRESSIVE_INPUTS, "model.progressive_input", lambda n: {}),
     (unet.PROGRESSIVES, "model.progressive", lambda n: {"model.resample_filter": (1, 3, 3, 1)}),
     (unet.DTYPES, "model.dtype", lambda n: {}),
+    (unet.REMAT_POLICIES, "model.remat", lambda n: {}),
     (optimizer.LR_SCHEDULES, "optim.lr_schedule", lambda n: {}),
     (likelihood.METHODS, "eval.method", lambda n: {}),
     (eval_config.METRICS, "eval.metrics",
@@ -71,6 +72,21 @@ def test_every_registered_name_parses_and_unknown_names_list_them(registry, fiel
     parse({**overrides(names[0]), field: "no_such_name"})
   listed = re.search(_unknown(field), str(e.value)).group(2)
   assert eval(listed) == sorted(set(registry) | ({"none"} if "progressive" in field else set()))
+
+
+def test_every_param_dtype_parses_where_the_platform_runs_it():
+  import jax
+  for name, dtype in unet.PARAM_DTYPES.items():
+    # float64 needs 64-bit JAX, off in the tests; the error says so.
+    with jax.enable_x64(jax.numpy.dtype(dtype).itemsize == 8):
+      assert parse({"model.param_dtype": name}).model.param_dtype == name
+  with pytest.raises(ConfigError, match=r"model.param_dtype='float64' needs 64-bit JAX "
+                     r"\(JAX_ENABLE_X64=1\)"):
+    parse({"model.param_dtype": "float64"})
+  with pytest.raises(ConfigError) as e:
+    parse({"model.param_dtype": "int8"})
+  listed = re.search(_unknown("model.param_dtype"), str(e.value)).group(2)
+  assert eval(listed) == sorted(unet.PARAM_DTYPES)
 
 
 def test_every_image_condition_parses_with_its_channels():
@@ -134,6 +150,9 @@ DOCS = [  # (page, registry): the page's tables list every name.
     ("processes-and-samplers.md", samplers.SAMPLERS),
     ("processes-and-samplers.md", samplers.GRIDS),
     ("processes-and-samplers.md", samplers.DDPM_VARIANCES),
+    ("configs.md", unet.DTYPES),
+    ("configs.md", unet.PARAM_DTYPES),
+    ("configs.md", unet.REMAT_POLICIES),
     ("conditioning.md", conditions.IMAGE_CONDITIONS),
     ("datasets.md", pipeline.BUNDLED),
     ("datasets.md", pipeline.SOURCES),

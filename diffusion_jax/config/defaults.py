@@ -58,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.text_emb_dim = 0  # Text as precomputed embeddings of this width; 0 = none.
   m.cross_attn_resolutions = ()  # Feature-map sizes with cross-attention to the text.
   m.dtype = "float32"  # Compute dtype of the layers (models.unet.DTYPES; bfloat16 on TPU).
+  m.param_dtype = "float32"  # Dtype of parameters, EMA, optimizer state (unet.PARAM_DTYPES).
+  m.remat = "none"  # Blocks recomputed in the backward pass: models.unet.REMAT_POLICIES.
   # Architecture options of score_sde (DDPM++/NCSN++), EDM and VDM; the defaults are DDPM's.
   m.embedding = "positional"  # Time embedding (models.unet.EMBEDDINGS).
   m.fourier_scale = 16.0  # fourier: std of the random frequencies (applied to t in [0, 1]).
@@ -104,6 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Training.
   c.training = t = ml_collections.ConfigDict()
   t.batch_size = 64  # Global batch, split over all devices of all processes.
+  t.microbatches = 1  # Gradient accumulation: microbatches per step (divides the per-device batch).
   t.num_steps = 3000  # Total optimizer steps.
   t.label_dropout = 0.1  # Probability a label is replaced by the null label (CFG).
   t.text_dropout = 0.0  # Probability a caption is replaced by the empty prompt (CFG).

@@ -229,21 +229,18 @@ def model_input(d: Diffusion, x_t: Array, t: Array) -> Array:
   return x_t * d.param.in_scale(d.schedule, t, x_t)
 
 
-def denoising_loss(apply_fn: Callable[[Array, Array], Array], d: Diffusion, x0: Array,
-                   rng: Array) -> tuple[Array, dict]:
-  """Denoising score-matching loss.
-
-  Args:
-    apply_fn: (network input, t) -> network output; conditioning is closed over.
-    d: the Diffusion (process, parameterisation, weighting, time distribution).
-    x0: clean data (batch, ...).
-    rng: a PRNG key.
-  Returns:
-    (scalar loss, {"per_example": ..., "t": ...}).
-  """
+def draw_noise(d: Diffusion, x0: Array, rng: Array) -> tuple[Array, Array, Array]:
+  """The training randomness of a batch: (times t, their importance weights, noise eps),
+  one of each per example of x0."""
   t_rng, eps_rng = jax.random.split(rng)
   t, iw = d.time_fn(t_rng, x0.shape[0])
   eps = jax.random.normal(eps_rng, x0.shape, x0.dtype)
+  return t, iw, eps
+
+
+def loss_given_noise(apply_fn: Callable[[Array, Array], Array], d: Diffusion, x0: Array,
+                     t: Array, iw: Array, eps: Array) -> tuple[Array, dict]:
+  """The denoising loss of x0 at the times and noise `draw_noise` drew for it."""
   x_t = q_sample(d.schedule, x0, t, eps)
   out = apply_fn(model_input(d, x_t, t), t).astype(jnp.float32)
   if d.weight_fn is None:
@@ -256,6 +253,21 @@ def denoising_loss(apply_fn: Callable[[Array, Array], Array], d: Diffusion, x0: 
   return jnp.mean(per_example), {"per_example": per_example, "t": t}
 
 
+def denoising_loss(apply_fn: Callable[[Array, Array], Array], d: Diffusion, x0: Array,
+                   rng: Array) -> tuple[Array, dict]:
+  """Denoising score-matching loss.
+
+  Args:
+    apply_fn: (network input, t) -> network output; conditioning is closed over.
+    d: the Diffusion (process, parameterisation, weighting, time distribution).
+    x0: clean data (batch, ...).
+    rng: a PRNG key.
+  Returns:
+    (scalar loss, {"per_example": ..., "t": ...}).
+  """
+  return loss_given_noise(apply_fn, d, x0, *draw_noise(d, x0, rng))
+
+
 def make_denoiser(apply_fn: Callable[[Array, Array, object], Array], d: Diffusion) -> Denoiser:
   """The denoiser view of a model: D(x_t, t, cond) -> x0_hat."""
 
@@ -266,5 +278,5 @@ def make_denoiser(apply_fn: Callable[[Array, Array, object], Array], d: Diffusio
 
 
 __all__ = ["Diffusion", "TIME_SAMPLING", "WEIGHTINGS", "check_finite", "denoising_loss",
-           "from_config", "importance_table", "make", "make_denoiser", "model_input",
-           "training_time_range", "uniform_times", "weight"]
+           "draw_noise", "from_config", "importance_table", "loss_given_noise", "make",
+           "make_denoiser", "model_input", "training_time_range", "uniform_times", "weight"]

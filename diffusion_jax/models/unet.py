@@ -10,6 +10,7 @@ default keeps the DDPM network, parameter for parameter.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, Optional
 
@@ -58,6 +59,12 @@ class UNetConfig:
   # Feature-map sizes with cross-attention to the text.
   cross_attn_resolutions: tuple[int, ...] = ()
   dtype: str = "float32"
+  # Storage dtype of the parameters (PARAM_DTYPES); their EMA and the optimizer state
+  # follow it. The layers cast the parameters to `dtype` to compute.
+  param_dtype: str = "float32"
+  # Rematerialisation (REMAT_POLICIES): which activations of each residual and
+  # attention block the backward pass recomputes instead of keeping.
+  remat: str = "none"
   # Time embedding (EMBEDDINGS): "positional" (DDPM, of 1000 t) or "fourier"
   # (NCSN++: random Fourier features of t, frequencies ~ N(0, fourier_scale^2)).
   embedding: str = "positional"
@@ -99,6 +106,15 @@ class UNetConfig:
   def check(self) -> None:
     """Checks the fields that need no data: names, counts, divisibility."""
     choice("model.dtype", self.dtype, DTYPES)
+    choice("model.param_dtype", self.param_dtype, PARAM_DTYPES)
+    require(jax.dtypes.canonicalize_dtype(PARAM_DTYPES[self.param_dtype])
+            == PARAM_DTYPES[self.param_dtype],
+            f"model.param_dtype={self.param_dtype!r} needs 64-bit JAX (JAX_ENABLE_X64=1), "
+            "which is off: JAX would store the parameters as float32")
+    require(not (self.param_dtype == "float64" and jax.default_backend() == "tpu"),
+            f"model.param_dtype={self.param_dtype!r} cannot run on TPU (no 64-bit floats); "
+            f"allowed there: {sorted(set(PARAM_DTYPES) - {'float64'})}")
+    choice("model.remat", self.remat, REMAT_POLICIES)
     choice("model.embedding", self.embedding, EMBEDDINGS)
     choice("model.progressive_input", self.progressive_input, ("none", *PROGRESSIVE_INPUTS))
     choice("model.progressive", self.progressive, ("none", *PROGRESSIVES))
@@ -183,8 +199,24 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
   return emb
 
 
-# Compute dtypes of the layers (parameters stay float32).
+# Compute dtypes of the layers (the parameters are stored in PARAM_DTYPES).
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# Storage dtypes of the parameters, their EMA and the optimizer state. float32 with a
+# bfloat16 `dtype` is mixed precision; bfloat16 halves the memory, but an EMA with decay
+# near 1 and Adam's moments lose the small updates that bfloat16 cannot represent;
+# float64 (CPU/GPU, with JAX_ENABLE_X64=1) is for checking numerics.
+PARAM_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+# Rematerialisation of each residual and attention block (jax.checkpoint policies):
+# "block" keeps only the block's inputs and recomputes the rest in the backward pass;
+# "dots_saveable" also keeps the outputs of its convolutions and matmuls, recomputing
+# only the cheap normalisations and activations.
+REMAT_POLICIES = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
 
 EMBEDDINGS = {
     "positional": lambda t, cfg: timestep_embedding(t, cfg.ch),
@@ -246,6 +278,21 @@ class AttnBlock(nn.Module):
         num_heads=self.num_heads, qkv_features=c, out_features=c, dtype=self.dtype,
         out_kernel_init=nn.initializers.zeros)(h, h)
     return _rescaled_sum(x, h.reshape(b, hgt, wid, c), self.skip_rescale)
+
+
+@functools.cache
+def rematted(block: type[nn.Module], policy: str) -> type[nn.Module]:
+  """`block` rematerialised with REMAT_POLICIES[policy] (itself for "none").
+
+  The wrapped class keeps the block's name, so that its parameters keep their names:
+  a checkpoint trained with one policy restores with any other.
+  """
+  if REMAT_POLICIES[policy] is None:
+    return block
+  # A ResBlock's `train` flag (argument 3, counting self) selects code, not values.
+  static = (3,) if block is ResBlock else ()
+  wrapped = nn.remat(block, policy=REMAT_POLICIES[policy], static_argnums=static)
+  return type(block.__name__, (wrapped,), {"__module__": block.__module__})
 
 
 def _input_skip(cfg: UNetConfig, pyramid: Array, h: Array) -> tuple[Array, Array]:
@@ -339,17 +386,19 @@ class UNet(nn.Module):
       context, mask, pooled = self._context(cond, emb_dim, dtype)
       emb = emb + pooled
 
-    block = lambda ch, resample="none": ResBlock(
+    res_block, attn_block, cross_attn_block = (
+        rematted(m, cfg.remat) for m in (ResBlock, AttnBlock, CrossAttnBlock))
+    block = lambda ch, resample="none": res_block(
         ch, cfg.dropout, cfg.num_groups, cfg.scale_shift_norm, dtype, resample,
         cfg.resample_filter, cfg.skip_rescale)
-    self_attn = lambda: AttnBlock(cfg.num_heads, cfg.num_groups, dtype, cfg.skip_rescale)
+    self_attn = lambda: attn_block(cfg.num_heads, cfg.num_groups, dtype, cfg.skip_rescale)
 
     def attn(h, self_attention=True):
       """Self-attention and cross-attention to the text, where configured."""
       if self_attention and h.shape[1] in cfg.attn_resolutions:
         h = self_attn()(h)
       if context is not None and h.shape[1] in cfg.cross_attn_resolutions:
-        h = CrossAttnBlock(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
+        h = cross_attn_block(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
       return h
 
     h = nn.Conv(cfg.ch, (3, 3), dtype=dtype, name="conv_in")(x)
@@ -371,7 +420,7 @@ class UNet(nn.Module):
     h = block(h.shape[-1])(h, emb, train)
     h = self_attn()(h)
     if context is not None and h.shape[1] in cfg.cross_attn_resolutions:
-      h = CrossAttnBlock(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
+      h = cross_attn_block(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
     h = block(h.shape[-1])(h, emb, train)
 
     out = None  # Progressive output path.

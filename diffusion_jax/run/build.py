@@ -71,7 +71,7 @@ def optimizer_of(spec: spec_lib.Spec):
 def train_step(spec: spec_lib.Spec, net: UNet, tx):
   """The uncompiled train step a spec describes."""
   return make_train_step(net, tx, spec.diffusion, spec.training.ema_decay, spec.dropout,
-                         spec.cond)
+                         spec.cond, spec.training.microbatches)
 
 
 def jitted_train_step(spec: spec_lib.Spec, net: UNet, tx, mesh):

@@ -78,6 +78,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   cross(("eval", "data"), lambda e, d: e.check_data(d.name, d.image_size, d.channels))
   cross(("training",), lambda t: mesh_lib.check_batch(t.batch_size, num_devices,
                                                       "training.batch_size"))
+  cross(("training",), lambda t: t.check_devices(num_devices))
   cross(("sample_set",), lambda s: mesh_lib.check_batch(s.batch_size, num_devices,
                                                         "sample.batch_size"))
   cross(("eval",), lambda e: mesh_lib.check_batch(e.batch_size, num_devices, "eval.batch_size"))

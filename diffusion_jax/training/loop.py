@@ -21,6 +21,9 @@ Hook = Callable[[int, TrainState], dict | None]
 class TrainConfig:
   """The loop's fields of the `training` section (the dropout rates are conditioning's)."""
   batch_size: int  # Global batch, split over all devices of all processes.
+  # Gradient accumulation: each device's share of the batch is split into this many
+  # microbatches, whose gradients are averaged into one update.
+  microbatches: int
   num_steps: int
   ema_decay: float
   log_every: int
@@ -37,6 +40,8 @@ class TrainConfig:
     t = cls(**{f.name: training_cfg[f.name] for f in dataclasses.fields(cls)})
     require(t.batch_size > 0, f"training.batch_size={t.batch_size} must be > 0")
     require(t.num_steps > 0, f"training.num_steps={t.num_steps} must be > 0")
+    require(isinstance(t.microbatches, int) and t.microbatches >= 1,
+            f"training.microbatches={t.microbatches!r} must be an integer >= 1")
     finite("training.ema_decay", t.ema_decay, 0, 1, high_open=True)
     require(t.log_every > 0 and t.checkpoint_every > 0 and t.keep_checkpoints > 0,
             "training.log_every, checkpoint_every and keep_checkpoints must be > 0")
@@ -44,6 +49,17 @@ class TrainConfig:
             f"training.max_consecutive_skips={t.max_consecutive_skips} must be > 0")
     finite("training.lock_stale_minutes", t.lock_stale_minutes, 0, low_open=True)
     return t
+
+
+  def check_devices(self, num_devices: int) -> None:
+    """Microbatches split each device's share of the batch evenly."""
+    if self.batch_size % num_devices:
+      return  # An uneven batch is mesh.check_batch's error.
+    per_device = self.batch_size // num_devices
+    require(per_device % self.microbatches == 0,
+            f"training.microbatches={self.microbatches} does not divide the per-device batch "
+            f"{per_device} (training.batch_size={self.batch_size} / {num_devices} devices); "
+            f"allowed: the divisors of {per_device}")
 
 
 class Preempted(Exception):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffusion_jax.models.unet import Cond, UNet
+from diffusion_jax.models.unet import PARAM_DTYPES, Cond, UNet
 
 Array = jax.Array
 
@@ -44,6 +44,10 @@ def create_train_state(rng: Array, model: UNet, tx: optax.GradientTransformation
   init_rng, run_rng = jax.random.split(rng)
   x, t, cond = dummy_inputs(model, 1, image_size, channels)
   params = model.init(init_rng, x, t, cond)["params"]
+  # Stored in model.param_dtype (the EMA and optimizer state follow); the layers cast
+  # them to their compute dtype.
+  param_dtype = PARAM_DTYPES[model.config.param_dtype]
+  params = jax.tree.map(lambda p: p.astype(param_dtype), params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.copy, params),
                     opt_state=tx.init(params), rng=jax.random.key_data(run_rng))

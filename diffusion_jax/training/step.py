@@ -13,7 +13,7 @@ from diffusion_jax.training.state import TrainState
 
 
 def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusion.Diffusion,
-                    ema_decay: float, dropout: dict, cond_cfg=None
+                    ema_decay: float, dropout: dict, cond_cfg=None, microbatches: int = 1
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Builds train_step(state, batch) -> (state, metrics).
 
@@ -28,6 +28,13 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
   value is skipped: parameters, EMA and optimizer state stay as they were (the step
   still counts) and the metric `skipped` is 1. A huge learning rate can overflow the
   update while loss and gradient are finite, so the result is checked too.
+
+  With `microbatches` k > 1 the gradient is the mean of the gradients of k equal
+  microbatches, computed one after another (lax.scan), and one update is applied. The
+  noise, times and condition dropout are drawn for the whole batch first, so each
+  example gets the same randomness as without microbatches; only the network's
+  dropout masks differ (a key per microbatch). Microbatch i holds the examples
+  i, i + k, i + 2k, ...: an equal share of every device's slice of the batch.
   """
   mcfg = model.config
   cond_cfg = cond_cfg if cond_cfg is not None else conditions.NO_IMAGE
@@ -42,13 +49,18 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
     cond = conditions.make_cond(mcfg, cond_cfg, inputs, batch["image"].shape[1])
     cond = conditions.drop(cond, drop_key, dropout, mcfg.num_classes)
 
-    def loss_fn(params):
-      def apply(x_t, t):
-        return model.apply({"params": params}, x_t, t, cond, train=True,
-                           rngs={"dropout": dropout_key})
-      return diffusion.denoising_loss(apply, diff, batch["image"], loss_key)
+    if microbatches == 1:
+      def loss_fn(params):
+        def apply(x_t, t):
+          return model.apply({"params": params}, x_t, t, cond, train=True,
+                             rngs={"dropout": dropout_key})
+        return diffusion.denoising_loss(apply, diff, batch["image"], loss_key)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    else:
+      noise = diffusion.draw_noise(diff, batch["image"], loss_key)
+      loss, grads = _accumulated(model, diff, state.params, (batch["image"], noise, cond),
+                                 dropout_key, microbatches)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
@@ -67,6 +79,37 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
     return new_state, metrics
 
   return train_step
+
+
+def _accumulated(model: UNet, diff: diffusion.Diffusion, params, examples, dropout_key,
+                 k: int):
+  """(mean loss, mean gradient) over k microbatches of `examples` (x0, noise, cond)."""
+
+  def split(a):  # (B, ...) -> (k, B / k, ...); microbatch i = examples i, i + k, ...
+    return jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
+
+  def grad_of(i, micro):
+    x0, (t, iw, eps), cond = micro
+
+    def loss_fn(p):
+      def apply(x_t, t):
+        return model.apply({"params": p}, x_t, t, cond, train=True,
+                           rngs={"dropout": jax.random.fold_in(dropout_key, i)})
+      return diffusion.loss_given_noise(apply, diff, x0, t, iw, eps)[0]
+    return jax.value_and_grad(loss_fn)(params)
+
+  # Sums in float32 at least, so that bfloat16 parameters do not round each addition.
+  wide = lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32))
+
+  def body(carry, xs):
+    loss, grads = grad_of(*xs)
+    return jax.tree.map(lambda c, g: c + g, carry, (loss, grads)), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(wide, params))
+  micro = jax.tree.map(split, examples)
+  (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+  grads = jax.tree.map(lambda g, p: (g / k).astype(p.dtype), grads, params)
+  return loss / k, grads
 
 
 def all_finite(tree) -> jax.Array:
