@@ -109,3 +109,29 @@ def docs_runs(tmp_path_factory, data_dir):
   workspace = str(tmp_path_factory.mktemp("docs"))
   return workspace, run_all(workspace)
 
+
+
+def torch_reference(reason: str):
+  """torch with torchvision importable, for the reference implementations (pytorch-fid,
+  diffusers), or the test is skipped with `reason`.
+
+  PyPI's torchvision wheels are CUDA builds; beside a CPU-only torch their C++ ops fail
+  to load, and torchvision's import then stops at a fake-kernel registration for
+  torchvision::nms. The references use none of those ops, so declaring the two missing
+  schemas lets the pure-Python models import unchanged."""
+  torch = pytest.importorskip("torch", reason=reason)
+  try:
+    import torchvision  # noqa: F401
+  except RuntimeError as e:
+    if "torchvision::" not in str(e):
+      raise
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+      del sys.modules[name]
+    lib = torch.library.Library("torchvision", "DEF")
+    for op in ("nms", "qnms"):
+      lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    torch_reference.torchvision_ops = lib  # Kept alive: the schemas go with it.
+    import torchvision  # noqa: F401, F811
+  except ImportError:
+    pytest.skip(reason)
+  return torch

@@ -1,17 +1,15 @@
 """The input pipeline over tfds sources: batches, determinism, positions that restore,
 flips, and the errors of datasets that cannot be read by index."""
 
-import os
 import re
 import shutil
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from diffusion_jax.config import defaults as default
 from diffusion_jax.config.errors import ConfigError
-from diffusion_jax.data import digits, pipeline, preprocess, tfds_source
+from diffusion_jax.data import digits, pipeline, preprocess
 from tests.data.fake_datasets import prepare_cifar10
 
 

@@ -10,10 +10,11 @@ given random ones, which the converter then turns into the .npz the Flax model r
 """
 
 import importlib
-import sys
 
 import numpy as np
 import pytest
+
+from tests.conftest import torch_reference
 
 from diffusion_jax.evaluation import convert_inception, inception
 
@@ -22,27 +23,8 @@ REFERENCE_REASON = ("needs PyTorch, torchvision and pytorch-fid as reference: "
 
 
 def import_pytorch_fid(module: str = "pytorch_fid.inception"):
-  """Imports a pytorch-fid module, or skips the test.
-
-  PyPI's torchvision wheels are CUDA builds; beside a CPU-only torch their C++ ops fail
-  to load, and torchvision's import then stops at a fake-kernel registration for
-  torchvision::nms. pytorch-fid's Inception uses none of those ops, so declaring the
-  two missing schemas lets the pure-Python models import unchanged.
-  """
-  torch = pytest.importorskip("torch", reason=REFERENCE_REASON)
-  try:
-    import torchvision  # noqa: F401
-  except RuntimeError as e:
-    if "torchvision::" not in str(e):
-      raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-      del sys.modules[name]
-    lib = torch.library.Library("torchvision", "DEF")
-    for op in ("nms", "qnms"):
-      lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    import_pytorch_fid.torchvision_ops = lib  # Kept alive: the schemas go with it.
-  except ImportError:
-    pytest.skip(REFERENCE_REASON)
+  """Imports a pytorch-fid module, or skips the test."""
+  torch_reference(REFERENCE_REASON)
   pytest.importorskip("pytorch_fid", reason=REFERENCE_REASON)
   return importlib.import_module(module)
 

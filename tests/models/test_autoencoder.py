@@ -20,6 +20,7 @@ from diffusion_jax.models import autoencoder as ae
 from diffusion_jax.models import autoencoder_losses as losses
 from diffusion_jax.models import convert_vae
 from diffusion_jax.models.autoencoder import AutoencoderConfig, AutoencoderKL
+from tests.conftest import torch_reference
 
 HAVE_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "diffusers", "safetensors"))
 needs_torch = pytest.mark.skipif(
@@ -461,7 +462,7 @@ def test_cli_converts_a_safetensors_file_and_load_reads_it(tmp_path, capsys):
                       norm_num_groups=8, scaling_factor=0.3),
 ], ids=["f2", "f4"])
 def test_equal_to_diffusers_autoencoder_kl(tmp_path, cfg):
-  import torch
+  torch = torch_reference("needs torch and diffusers (the test extra) as the reference")
   from diffusers import AutoencoderKL as TorchVAE
 
   torch.manual_seed(0)
