@@ -21,7 +21,6 @@ status 1; SIGTERM saves a checkpoint, prints `preempted at step N` and exits wit
 """
 
 import os
-import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -101,24 +100,10 @@ def _define_flags(fv: flags.FlagValues, argv: list[str]) -> str | None:
 
 
 def _parse(fv: flags.FlagValues, argv: list[str]) -> None:
-  """absl parsing, with every flag or config error as one line."""
   try:
-    rest = fv(argv)
-    _ = fv.config and fv.config.seed  # Config files load lazily: load it now.
-  except flags.Error as e:
-    lines = str(e).strip().splitlines()
-    # A config file that raised: its last line names the exception and says why.
-    _fail(f"{lines[0]} {lines[-1].strip()}" if "Traceback" in str(e) else _one_line(e))
+    files.parse_flags(fv, argv)
   except ConfigError as e:
     _fail(*e.problems)
-  except OSError as e:
-    _fail(_one_line(e))
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    msg = re.sub("'+", "'", _one_line(e)).rstrip("'")
-    _fail(f"bad config override ({' '.join(overrides)}): {msg}")
-  if len(rest) > 1:
-    _fail(f"unexpected arguments: {' '.join(rest[1:])}")
 
 
 def _check_overrides(argv: list[str], mode: str, saved: str) -> None:

@@ -8,6 +8,7 @@ with the package installed or not.
 
 import importlib.util
 import os
+import re
 import types
 
 import ml_collections
@@ -106,3 +107,26 @@ def load_saved(workdir: str) -> ml_collections.ConfigDict | None:
   with config.ignore_type():
     _merge(config, saved, paths[-1], defaults.RETIRED)
   return config
+
+
+def parse_flags(fv, argv: list[str]) -> None:
+  """absl parsing of a command line with a --config file flag; every flag or config
+  error is a ConfigError of one line."""
+  from absl import flags
+  one_line = lambda e: " ".join(str(e).replace("\\'", "'").replace("\\n", " ").split())
+  try:
+    rest = fv(argv)
+    _ = fv.config and fv.config.seed  # Config files load lazily: load it now.
+  except flags.Error as e:
+    lines = str(e).strip().splitlines()
+    # A config file that raised: its last line names the exception and says why.
+    raise ConfigError(f"{lines[0]} {lines[-1].strip()}" if "Traceback" in str(e)
+                      else one_line(e)) from None
+  except OSError as e:
+    raise ConfigError(one_line(e)) from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    msg = re.sub("'+", "'", one_line(e)).rstrip("'")
+    raise ConfigError(f"bad config override ({' '.join(overrides)}): {msg}") from None
+  if len(rest) > 1:
+    raise ConfigError(f"unexpected arguments: {' '.join(rest[1:])}")

@@ -15,7 +15,6 @@ Exit status 1: every trial failed.
 
 import dataclasses
 import os
-import re
 import sys
 from typing import Callable
 
@@ -24,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from diffusion_jax.config import files  # noqa: E402
 from diffusion_jax.config.errors import ConfigError  # noqa: E402
 
 
@@ -103,21 +103,9 @@ def _define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
 
 def _parse(fv: flags.FlagValues, argv: list[str]) -> None:
   try:
-    rest = fv(argv)
-    _ = fv.config and fv.config.seed  # Config files load lazily: load it now.
-  except flags.Error as e:
-    lines = str(e).strip().splitlines()
-    _fail(f"{lines[0]} {lines[-1].strip()}" if "Traceback" in str(e) else _one_line(e))
+    files.parse_flags(fv, argv)
   except ConfigError as e:
     _fail(*e.problems)
-  except OSError as e:
-    _fail(_one_line(e))
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    msg = re.sub("'+", "'", _one_line(e)).rstrip("'")
-    _fail(f"bad config override ({' '.join(overrides)}): {msg}")
-  if len(rest) > 1:
-    _fail(f"unexpected arguments: {' '.join(rest[1:])}")
 
 
 def _config_arg(argv: list[str]) -> str | None:
