@@ -27,6 +27,18 @@ def split_run_flags(argv: list[str]) -> tuple[list[str], list[str]]:
   return argv[:i], argv[i + 1:]
 
 
+PROCESS_FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
+
+
+def check_run_flags(prog: str, run_flags: list[str], example: str, finder: str) -> None:
+  """The run's flags are given, and without process flags: `finder` finds the processes."""
+  if not run_flags:
+    raise ConfigError(f"{prog}: give the run's flags after `--`, e.g. -- {example}")
+  given = [f for f in PROCESS_FLAGS if any(a.startswith(f) for a in run_flags)]
+  if given:
+    raise ConfigError(f"{prog}: {', '.join(given)}: {finder}; drop these flags")
+
+
 def main_command(flags: list[str], python: str = "python3") -> str:
   """The shell command that runs diffusion_jax.main with `flags`."""
   return shlex.join([python, "-m", "diffusion_jax.main", *flags])

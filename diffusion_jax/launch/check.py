@@ -9,7 +9,6 @@ Exit status 0 if it fits, 1 if not, 2 on a bad input.
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 from jax.experimental import topologies

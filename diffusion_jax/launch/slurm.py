@@ -9,9 +9,9 @@ node's GPU number SLURM_LOCALID; no process flags are given.
 import os
 import shlex
 
-from diffusion_jax.config.errors import ConfigError, require
-from diffusion_jax.launch import Parser, main_command, run_commands, split_run_flags
-from diffusion_jax.launch.tpu_vm import PROCESS_FLAGS
+from diffusion_jax.config.errors import require
+from diffusion_jax.launch import (Parser, check_run_flags, main_command, run_commands,
+                                  split_run_flags)
 
 
 def script(nodes: int, gpus_per_node: int, run_flags: list[str], workdir_of_job: str,
@@ -48,13 +48,8 @@ def main(argv: list[str]) -> int:
   args = p.parse_args(own)
   require(args.nodes > 0, f"slurm: --nodes={args.nodes} must be > 0")
   require(args.gpus_per_node > 0, f"slurm: --gpus_per_node={args.gpus_per_node} must be > 0")
-  if not run_flags:
-    raise ConfigError("slurm: give the run's flags after `--`, e.g. -- "
-                      "--config=configs/cifar10_ddpm.py --workdir=/shared/runs/cifar10")
-  given = [f for f in PROCESS_FLAGS if any(a.startswith(f) for a in run_flags)]
-  if given:
-    raise ConfigError(f"slurm: {', '.join(given)}: JAX finds the SLURM tasks itself; "
-                      "drop these flags")
+  check_run_flags("slurm", run_flags, "--config=configs/cifar10_ddpm.py "
+                  "--workdir=/shared/runs/cifar10", "JAX finds the SLURM tasks itself")
   text = script(args.nodes, args.gpus_per_node, run_flags, os.getcwd(), args.python,
                 args.partition, args.time, args.job_name)
   with open(args.script, "w") as f:  # A local file for sbatch, not a run path.

@@ -10,12 +10,12 @@ import tarfile
 import tempfile
 
 from diffusion_jax.config.errors import ConfigError, warn
-from diffusion_jax.launch import Parser, main_command, run_commands, split_run_flags
+from diffusion_jax.launch import (Parser, check_run_flags, main_command, run_commands,
+                                  split_run_flags)
 
 ARCHIVE = "diffusion_jax_src.tar.gz"  # On each worker, in the home directory.
 REMOTE_DIR = "diffusion_jax"
 SKIP = {".git", ".venv", "runs", "__pycache__", "build", "dist"}
-PROCESS_FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
 
 
 def source_root() -> str:
@@ -60,13 +60,8 @@ def main(argv: list[str]) -> int:
   p.add_argument("--source", default=source_root(), help="Source tree to copy.")
   p.add_argument("--dry_run", action="store_true", help="Print the commands only.")
   args = p.parse_args(own)
-  if not run_flags:
-    raise ConfigError("tpu-vm: give the run's flags after `--`, e.g. -- "
-                      "--config=configs/cifar10_ddpm.py --workdir=gs://BUCKET/runs/cifar10")
-  given = [f for f in PROCESS_FLAGS if any(a.startswith(f) for a in run_flags)]
-  if given:
-    raise ConfigError(f"tpu-vm: {', '.join(given)}: JAX finds the TPU VM's workers itself; "
-                      "drop these flags")
+  check_run_flags("tpu-vm", run_flags, "--config=configs/cifar10_ddpm.py "
+                  "--workdir=gs://BUCKET/runs/cifar10", "JAX finds the TPU VM's workers itself")
   workdir = next((a.split("=", 1)[1] for a in run_flags if a.startswith("--workdir=")), None)
   if workdir is not None and "://" not in workdir:
     warn(f"--workdir={workdir} is on each worker's own disk: a slice of several hosts "
