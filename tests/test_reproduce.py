@@ -61,7 +61,7 @@ def test_unknown_entry_is_one_error_line(capsys):
   assert len(err) == 1 and err[0].startswith("error: unknown registry entry 'no_such_result'")
 
 
-def tiny_registry(path: str, expected=None, tolerance=0.5) -> None:
+def tiny_registry(path: str, kid=None, recall=None, tolerance=0.5) -> None:
   """One entry: the tiny model, 2 steps, evaluated (KID, recall) at the end."""
   overrides = {**tiny_overrides(), "training.num_steps": 2, "training.checkpoint_every": 2,
                "training.log_every": 1, "training.sample_at_end": False,
@@ -72,8 +72,8 @@ def tiny_registry(path: str, expected=None, tolerance=0.5) -> None:
            "commands": ["python -m diffusion_jax.main --config={config} --workdir={workdir} "
                         "{overrides}"],
            "output": "{workdir}/eval/step_2_digits-v1.json",
-           "results": {"kid": {"expected": expected, "tolerance": tolerance},
-                       "recall": {"expected": expected and 0.0, "tolerance": 1.0}}}
+           "results": {"kid": {"expected": kid, "tolerance": tolerance},
+                       "recall": {"expected": recall, "tolerance": tolerance}}}
   with open(path, "w") as f:
     json.dump({"entries": {"tiny": entry}}, f)
 
@@ -84,14 +84,17 @@ def test_reproduce_passes_within_tolerance_and_fails_outside(tmp_path, data_dir,
   assert reproduce.main(["tiny", "--registry", path, "--record"]) == 0
   with open(path) as f:
     recorded = json.load(f)["entries"]["tiny"]
-  kid = recorded["results"]["kid"]["expected"]
+  kid, recall = (recorded["results"][m]["expected"] for m in ("kid", "recall"))
   assert kid > 0 and recorded["measured"]["wall_time_s"] > 0
+  obtained = {"kid": kid, "recall": recall}
+  assert reproduce.compare(recorded["results"], obtained)[1]
+  # The run again (same seed): KID as recorded, recall's expectation moved outside.
+  tiny_registry(path, kid=kid, recall=recall + 0.6)
   capsys.readouterr()
-  assert reproduce.main(["tiny", "--registry", path]) == 0
-  assert "kid" in capsys.readouterr().out
-  tiny_registry(path, expected=kid + 0.6, tolerance=0.5)  # Moved outside its tolerance.
   assert reproduce.main(["tiny", "--registry", path]) == 1
-  assert "OUTSIDE TOLERANCE" in capsys.readouterr().out
+  lines = [ln.split() for ln in capsys.readouterr().out.splitlines()
+           if ln.strip().startswith(("kid ", "recall "))]
+  assert [(ln[0], ln[-1]) for ln in lines] == [("kid", "ok"), ("recall", "TOLERANCE")], lines
   # A used workdir is refused: nothing there is overwritten.
   used = tmp_path / "used"
   used.mkdir()

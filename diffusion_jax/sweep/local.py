@@ -205,6 +205,7 @@ def run_trial(study: Study, trial: Trial, workdir: str, claim: claims.Claim | No
   """Runs (or resumes) a trial in this process and records its result; returns its
   status, or None if it was interrupted (it will be resumed)."""
   from diffusion_jax.training import checkpoint
+  from diffusion_jax.training.loop import Preempted
   if train_fn is None:
     from diffusion_jax.run.train import train_and_evaluate as train_fn
   tdir = records.trial_dir(workdir, trial.id)
@@ -232,6 +233,11 @@ def run_trial(study: Study, trial: Trial, workdir: str, claim: claims.Claim | No
   except (KeyboardInterrupt, SystemExit):
     records.add_attempt_event(tdir, "interrupted", owner=owner, wall_s=time.time() - t0)
     raise
+  except Preempted as e:  # Its checkpoint is saved: the trial resumes on the next run.
+    records.add_attempt_event(tdir, "interrupted", owner=owner, wall_s=time.time() - t0)
+    progress(f"{trial.id} {e}; it resumes when the sweep is run again")
+    TERMINATING.set()
+    raise KeyboardInterrupt(str(e)) from e
   except Exception as e:  # A crash of this trial is its result; the sweep goes on.
     with open(os.path.join(tdir, "error.txt"), "a") as f:
       f.write(traceback.format_exc())

@@ -65,7 +65,6 @@ def free_port() -> int:
 def run_processes(n: int, folder: str, restore_from: str, tmp_path) -> list[dict]:
   port, outs = free_port(), [str(tmp_path / f"out_{i}.json") for i in range(n)]
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("XLA_FLAGS", None)
   procs = [subprocess.Popen(
       [sys.executable, "-m", "tests.data.test_multiprocess", str(port), str(i), str(n), folder,
        restore_from, outs[i]], cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -53,7 +53,7 @@ class Processes:
     self.port = free_port()
 
   def _env(self, i: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ)
     env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1",
                JAX_NUM_CPU_DEVICES=str(self.devices), PYTHONPATH=ROOT)
     env.update({k: v.format(i=i, port=self.port) for k, v in self.extra_env.items()})

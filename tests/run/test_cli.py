@@ -194,7 +194,7 @@ def test_divergence_stops_loudly_without_saving_a_bad_checkpoint(tmp_path, data_
 def test_batch_not_divisible_by_devices(tmp_path, data_dir):
   wd = str(tmp_path / "wd")
   r = cli(wd, overrides={"training.batch_size": 12}, data_dir=data_dir,
-          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+          env={"JAX_NUM_CPU_DEVICES": "8"})
   assert r.returncode != 0
   assert "training.batch_size=12 is not divisible by the 8 devices" in r.stderr, r.stderr[-2000:]
   assert not os.path.exists(wd)

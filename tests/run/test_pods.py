@@ -87,7 +87,7 @@ def reference(tmp_path_factory, data_dir):
   return wd, losses(wd), final_state(wd)
 
 
-def test_2x4_equals_1x8_and_its_checkpoint_restores_on_1x8_and_1x2(reference, tmp_path):
+def test_2x4_equals_1x2_and_its_checkpoint_restores_on_1_process(reference, tmp_path):
   wd = str(tmp_path / "2x4")
   logs = str(tmp_path / "logs")
   exits = mp.run(mp.tiny_flags(wd, **STEPS), 2, 4, logs)
@@ -95,29 +95,17 @@ def test_2x4_equals_1x8_and_its_checkpoint_restores_on_1x8_and_1x2(reference, tm
   assert "2 processes, 8 devices" in exits[0].stdout
   assert exits[1].stdout.strip() == "" or "step" not in exits[1].stdout  # Process 0 logs.
   assert_same_run(wd, reference)
-  # The 8-device checkpoint of 2 processes, restored on 1 process with 8 and with 2.
-  for devices in (8, 2):
-    resumed = resumable_copy(wd, str(tmp_path / f"1x{devices}"))
-    exits = mp.run(mp.tiny_flags(resumed, **STEPS), 1, devices, logs, explicit=False)
-    check_ok(exits)
-    assert "resumed from" in exits[0].stdout and f"1 process, {devices} devices" in exits[0].stdout
-    assert_same_run(resumed, tail_losses(reference, 4))
+  # The checkpoint of 2 processes with 8 devices, restored on 1 process with 2.
+  resumed = resumable_copy(wd, str(tmp_path / "1x2"))
+  exits = mp.run(mp.tiny_flags(resumed, **STEPS), 1, 2, logs, explicit=False)
+  check_ok(exits)
+  assert "resumed from" in exits[0].stdout and "1 process, 2 devices" in exits[0].stdout
+  assert_same_run(resumed, tail_losses(reference, 4))
 
 
-def test_2x1_equals_1x2_and_a_1_process_checkpoint_resumes_on_2(reference, tmp_path):
-  from diffusion_jax.training import checkpoint
-  logs = str(tmp_path / "logs")
-  wd = str(tmp_path / "2x1")
-  check_ok(mp.run(mp.tiny_flags(wd, **STEPS), 2, 1, logs))
-  assert_same_run(wd, reference)
-  # The input position is one JSON item, written once: 3 global batches of 8 examples
-  # read at step 3.
-  manager = checkpoint.reader(wd)
-  position = manager.restore(3, args=checkpoint.ocp.args.Composite(
-      iterator=checkpoint.ocp.args.JsonRestore()))["iterator"]
-  assert position["position"] == 3 * 8, position
+def test_a_1_process_checkpoint_resumes_on_2(reference, tmp_path):
   resumed = resumable_copy(reference[0], str(tmp_path / "1x2_to_2x1"))
-  check_ok(mp.run(mp.tiny_flags(resumed, **STEPS), 2, 1, logs))
+  check_ok(mp.run(mp.tiny_flags(resumed, **STEPS), 2, 1, str(tmp_path / "logs")))
   assert_same_run(resumed, tail_losses(reference, 4))
 
 
@@ -133,7 +121,12 @@ def test_sigterm_to_one_process_saves_the_same_step_and_resumes(reference, tmp_p
   assert steps[0] == steps[1] < 6, [e.stdout[-500:] for e in exits]
   saved = sorted(int(n) for n in os.listdir(os.path.join(wd, "checkpoints")) if n.isdigit())
   assert saved[-1] == steps[0]
-  # The same command resumes and ends where an uninterrupted run does.
+  # The input position is one JSON item, written once: the global batches of 8 read.
+  from diffusion_jax.training import checkpoint
+  position = checkpoint.reader(wd).restore(steps[0], args=checkpoint.ocp.args.Composite(
+      iterator=checkpoint.ocp.args.JsonRestore()))["iterator"]
+  assert position["position"] == steps[0] * 8, position
+  # The same command resumes on 2 processes and ends where the 1-process run does.
   exits = mp.run(argv, 2, 1, logs)
   check_ok(exits)
   assert f"resumed from {os.path.join(wd, 'checkpoints', str(steps[0]))}" in exits[0].stdout

@@ -120,6 +120,32 @@ def test_early_stopping_and_a_crash_are_recorded_and_the_sweep_goes_on(tmp_path)
   assert md.count("| t0") == 6 and "stopped: early stopping" in md
 
 
+def test_a_preempted_trial_stops_the_sweep_and_resumes_on_the_next_run(tmp_path):
+  from diffusion_jax.training.loop import Preempted
+  wd = str(tmp_path / "s")
+  study = _study("seeds", **{"training.num_steps": 4})
+  local.check_dir(study, wd, "local")
+  local.prepare(study, wd, "local")
+  calls = []
+
+  def train(config, workdir, listeners=()):  # Trial t001 is preempted on its first try.
+    calls.append(os.path.basename(workdir))
+    if calls.count("t001") == 1 and calls[-1] == "t001":
+      raise Preempted(2)
+    objectives.quadratic(config, workdir, listeners)
+
+  out = io.StringIO()
+  with pytest.raises(KeyboardInterrupt):
+    local.run(study, wd, local.Options(), [], stream=out, train_fn=train)
+  assert calls == ["t000", "t001"] and "t001 preempted at step 2; it resumes" in out.getvalue()
+  assert records.result(records.trial_dir(wd, "t001")) is None  # Not failed: unfinished.
+  assert [a["event"] for a in records.attempts(records.trial_dir(wd, "t001"))] == \
+      ["start", "interrupted"]
+  assert local.run(study, wd, local.Options(), [], stream=io.StringIO(), train_fn=train) == 0
+  assert calls == ["t000", "t001", "t001", "t002", "t003"]
+  assert {r.id: r.status for r in results.collect(wd)} == {f"t00{i}": "done" for i in range(4)}
+
+
 # --- Real training runs (the tiniest config; the trials share compiled programs).
 
 def _wait_for(cond, timeout=600, what="", process=None):

@@ -73,7 +73,7 @@ def test_tiny_model_overfits_one_batch():
 
 
 def test_same_result_on_8_devices_as_on_1():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="8",
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "training", "multidevice_check.py")],
                        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
