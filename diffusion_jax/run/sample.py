@@ -68,14 +68,16 @@ def parse_guide_from(value: str) -> tuple[str, int | None]:
   return head, int(tail)
 
 
-def _process_fingerprint(spec: spec_lib.Spec) -> tuple:
-  """What makes two runs' denoisers the same process: alpha and sigma on a fine grid of
-  times (the schedule, whichever fields define it), its steps, the prediction."""
-  sch = spec.diffusion.schedule
+def _same_process(a: spec_lib.Spec, b: spec_lib.Spec) -> bool:
+  """Whether two runs diffuse alike: the same steps, and alpha and sigma on a fine grid
+  of times (whichever fields define the schedule). Their predictions may differ: each
+  model's output becomes x0_hat through its own."""
+  sa, sb = a.diffusion.schedule, b.diffusion.schedule
   t = jnp.linspace(0.0, 1.0, 1025)
   with jax.ensure_compile_time_eval():
-    curves = np.asarray(jnp.stack([sch.alpha(t), sch.sigma(t)]), np.float64)
-  return sch.num_steps, spec.diffusion.prediction, curves
+    curves = [np.asarray(jnp.stack([s.alpha(t), s.sigma(t)]), np.float64) for s in (sa, sb)]
+  return sa.num_steps == sb.num_steps and np.allclose(*curves, rtol=1e-6, atol=0,
+                                                      equal_nan=True)
 
 
 def _guide_conditions(spec: spec_lib.Spec) -> dict:
@@ -88,7 +90,7 @@ def _guide_conditions(spec: spec_lib.Spec) -> dict:
 
 def _autoguide_model(spec: spec_lib.Spec, guide_from: str, num_devices: int, tokenizer):
   """The guide of autoguidance, checked to guide this model: (its spec, its checkpoints
-  from the chosen step on)."""
+  to restore: the chosen step only, else the newest that reads back)."""
   scale = spec.guidance_config.autoguidance_scale
   require(scale != 1.0, f"--guide_from needs sample.autoguidance_scale != 1 (it is {scale}; "
           "1 = this model alone), e.g. --config.sample.autoguidance_scale=2")
@@ -98,16 +100,18 @@ def _autoguide_model(spec: spec_lib.Spec, guide_from: str, num_devices: int, tok
   require(config is not None, f"{where}: {workdir!r} holds no run config: not a "
           "diffusion_jax workdir")
   # Its own run's config parsed first: a mismatch is named before its checkpoints are read.
-  guide = spec_lib.parse(config, num_devices)
+  try:
+    guide = spec_lib.parse(config, num_devices)
+  except ConfigError as e:
+    raise ConfigError(*(f"{where}: the guide's config: {p}" for p in e.problems)) from None
   require(guide.image_shape == spec.image_shape,
           f"{where}: the guide makes {guide.image_shape} images (h, w, channels); this "
           f"model makes {spec.image_shape}")
-  (n1, p1, c1), (n2, p2, c2) = _process_fingerprint(guide), _process_fingerprint(spec)
-  if (n1, p1) != (n2, p2) or not np.allclose(c1, c2, rtol=1e-6, atol=0, equal_nan=True):
+  if not _same_process(guide, spec):
     diff = workdir_lib.changed(config, spec.config, ("diffusion",))
-    raise ConfigError(f"{where}: the guide's process (schedule, its steps and prediction) "
-                      f"differs from this model's; their diffusion sections differ in "
-                      f"{', '.join(diff)}")
+    raise ConfigError(f"{where}: the guide was trained on another process (alpha_t, "
+                      f"sigma_t or the discrete steps differ); their diffusion sections "
+                      f"differ in {', '.join(diff)}")
   mine, its = _guide_conditions(spec), _guide_conditions(guide)
   diff = [k for k in mine if mine[k] != its[k]]
   require(not diff, f"{where}: the guide takes other conditions: "
