@@ -133,7 +133,7 @@ def test_autoguidance_closed_form_with_and_without_cfg_and_interval():
 def test_a_sampler_runs_the_guided_batch_only_at_times_inside():
   """Through a whole sampling loop: the doubled (guided) batch runs once per evaluation
   at a time whose sigma is inside, the single batch at every other; an interval that
-  holds every time gives the unlimited result, one that holds none the unguided one."""
+  holds none of the times gives the unguided result."""
   sch = schedules.vp()
   cfg = samplers.SamplerConfig(sampler="heun", num_steps=8, clip_denoised=False)
   grid = samplers.time_grid(sch, cfg.num_steps, t_min=cfg.t_min, lambda_max=cfg.lambda_max)
@@ -157,12 +157,12 @@ def test_a_sampler_runs_the_guided_batch_only_at_times_inside():
   inside = (lam > lo) & (lam <= hi)
   assert 0 < inside.sum() < len(evals)
   assert sorted(calls) == sorted([("m", 2 * batch if i else batch) for i in inside])
-  everywhere, _ = run((), {"labels": 3.0})
-  # Equal up to float32 rounding: the programs differ.
-  np.testing.assert_allclose(run((0.0, 1e9), {"labels": 3.0})[0], everywhere, atol=1e-6)
   unguided, _ = run((), {})
-  np.testing.assert_allclose(run((1e8, 1e9), {"labels": 3.0})[0], unguided, atol=1e-6)
-  assert not np.allclose(x, everywhere) and not np.allclose(x, unguided)
+  none_inside, calls = run((1e8, 1e9), {"labels": 3.0})
+  assert calls == [("m", batch)] * len(evals)
+  # Equal up to float32 rounding: the programs differ.
+  np.testing.assert_allclose(none_inside, unguided, atol=1e-6)
+  assert not np.allclose(x, unguided, atol=1e-3)
 
 
 def _sample_section(**fields):
