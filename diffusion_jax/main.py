@@ -3,7 +3,8 @@
   --mode=train   train (resuming from DIR's latest checkpoint), then sample;
   --mode=sample  write a sample set from DIR's latest checkpoint (EMA params), for
                  the conditions given by --labels, --prompt/--prompts_file, --cond
-                 or --cascade_from (else taken from the dataset's sample.cond_split);
+                 or --cascade_from (else taken from the dataset's sample.cond_split),
+                 autoguided by --guide_from=WORKDIR[:STEP] if given;
   --mode=eval    the metrics of config.eval (bits/dim of a split, sample metrics) of
                  DIR's latest checkpoint.
 Config fields are overridden with --config.<field>=<value> (unknown fields are errors).
@@ -31,7 +32,7 @@ from ml_collections import config_flags  # noqa: E402
 from diffusion_jax.config import files  # noqa: E402
 from diffusion_jax.config.errors import ConfigError  # noqa: E402
 
-SAMPLE_FLAGS = ("labels", "prompt", "prompts_file", "cond", "cascade_from")
+SAMPLE_FLAGS = ("labels", "prompt", "prompts_file", "cond", "cascade_from", "guide_from")
 
 
 class _Exit(Exception):
@@ -76,6 +77,10 @@ def _define_flags(fv: flags.FlagValues, argv: list[str]) -> str | None:
                       flag_values=fv)
   flags.DEFINE_string("cascade_from", None, "--mode=sample with a super-resolution model: "
                       "the base model's workdir, whose samples are upsampled.", flag_values=fv)
+  flags.DEFINE_string("guide_from", None, "--mode=sample: WORKDIR[:STEP] of a weaker model "
+                      "of the same task (fewer parameters or steps) that autoguides this one "
+                      "(sample.autoguidance_scale); STEP: its checkpoint (default: latest).",
+                      flag_values=fv)
   flags.DEFINE_string("coordinator_address", None, "Several processes, where JAX does not "
                       "detect the cluster: HOST:PORT of process 0 (the same on every process).",
                       flag_values=fv)
@@ -137,7 +142,8 @@ def _run_train(fv, given, run_id):
 
 def _run_sample(fv, given, run_id):
   from diffusion_jax.run import sample
-  sample.sample_from_workdir(fv.config, fv.workdir, given, cascade_from=fv.cascade_from)
+  sample.sample_from_workdir(fv.config, fv.workdir, given, cascade_from=fv.cascade_from,
+                             guide_from=fv.guide_from)
 
 
 def _run_eval(fv, given, run_id):

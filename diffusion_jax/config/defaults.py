@@ -161,6 +161,12 @@ def get_config() -> ml_collections.ConfigDict:
   s.guidance_scale = 1.0  # Classifier-free guidance on labels: 1 = none, >1 stronger.
   s.text_guidance_scale = 1.0  # ... on text (needs training.text_dropout > 0).
   s.image_guidance_scale = 1.0  # ... on the image condition (needs training.image_dropout > 0).
+  # Guide (all of the above, and autoguidance) only where sigma = sigma_t/alpha_t lies in
+  # (lo, hi]; () = everywhere. Kynkaanniemi et al. 2024 (EDM2): (0.28, 5.42).
+  s.guidance_interval = ()
+  # Autoguidance (Karras et al. 2024) by the model of --guide_from=WORKDIR[:STEP]:
+  # D_bad + w (D - D_bad); 1 = none (--mode=sample only).
+  s.autoguidance_scale = 1.0
   # Conditions (captions, image conditions) not given on the command line come from
   # the first num_samples examples of this split.
   s.cond_split = "test"

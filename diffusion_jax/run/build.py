@@ -6,7 +6,7 @@ import functools
 import jax
 from etils import epath
 
-from diffusion_jax.config.errors import ConfigError, warn
+from diffusion_jax.config.errors import ConfigError, require, warn
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.run import spec as spec_lib
@@ -18,6 +18,10 @@ from diffusion_jax.training.step import make_train_step
 
 def _checked_run(config, mode: str, num_devices: int) -> spec_lib.Spec:
   spec = spec_lib.parse(config, num_devices)
+  scale = spec.guidance_config.autoguidance_scale
+  require(mode == "sample" or scale == 1.0,
+          f"sample.autoguidance_scale={scale}: autoguidance needs a guide model, given "
+          f"only to --mode=sample (--guide_from); --mode={mode} samples without one")
   ecfg = spec.eval
   evaluates = mode == "eval" or (mode == "train" and ecfg.every_steps > 0)
   if evaluates:

@@ -86,7 +86,8 @@ class SampleEvaluator:
     self.inputs, self.record = inputs_lib.gather(self.spec, inputs_lib.Given(), tokenizer)
     self.sample_fn = generate.make_sample_fn(
         net or build.model(spec), spec.diffusion, spec.sampler, spec.image_shape, mesh,
-        spec.cond, spec.sample_set.project, spec.guidance)
+        spec.cond, spec.sample_set.project, spec.guidance,
+        spec.guidance_config)
 
   def __call__(self, params, step: int) -> dict:
     t0 = time.perf_counter()

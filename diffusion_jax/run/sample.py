@@ -2,30 +2,39 @@
 for conditions given on the command line, in files, by a base model (a cascade), or
 taken from the dataset."""
 
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.config import files
 from diffusion_jax.config.errors import ConfigError, require
 from diffusion_jax.run import build
 from diffusion_jax.run import spec as spec_lib
+from diffusion_jax.run import workdir as workdir_lib
 from diffusion_jax.sampling import generate, images as images_lib, inputs as inputs_lib
 from diffusion_jax.training import distributed, mesh as mesh_lib
 
 
 def sample_images(spec: spec_lib.Spec, params, mesh, inputs: dict, record: dict,
-                  net=None) -> np.ndarray:
-  """uint8 samples, one per row of `inputs` (see sampling.inputs.gather)."""
+                  net=None, guide=None) -> np.ndarray:
+  """uint8 samples, one per row of `inputs` (see sampling.inputs.gather); `guide`, a
+  (spec, EMA parameters) of a weaker model, autoguides them."""
   net = net or build.model(spec)
+  guide_net = (build.model(guide[0]), guide[0].diffusion) if guide else None
   fn = generate.make_sample_fn(net, spec.diffusion, spec.sampler, spec.image_shape, mesh,
-                               spec.cond, spec.sample_set.project, spec.guidance)
+                               spec.cond, spec.sample_set.project, spec.guidance,
+                               spec.guidance_config, guide_net)
   s = spec.sample_set
-  return generate.generate(fn, params, inputs, s.batch_size, s.seed, mesh,
+  return generate.generate(fn, (params, guide[1]) if guide else params, inputs,
+                           s.batch_size, s.seed, mesh,
                            num_samples=int(record.get("count", 0)) or None)
 
 
 def write_sample_set(spec: spec_lib.Spec, workdir: str, params, step: int, mesh, inputs: dict,
-                     record: dict, net=None) -> str:
-  images = sample_images(spec, params, mesh, inputs, record, net)
+                     record: dict, net=None, guide=None) -> str:
+  images = sample_images(spec, params, mesh, inputs, record, net, guide)
   if not distributed.is_primary():
     return ""
   return images_lib.write_samples(workdir, step, images, record, spec.data.num_classes)
@@ -48,15 +57,94 @@ def _cascade_base(spec: spec_lib.Spec, base_workdir: str, num_devices: int):
   return base_spec, found, tokenizer
 
 
+def parse_guide_from(value: str) -> tuple[str, int | None]:
+  """--guide_from=WORKDIR[:STEP]: (workdir, step or None). A last ':' followed by no
+  '/' starts the step (so gs://bucket/run has none)."""
+  head, sep, tail = value.rpartition(":")
+  if not sep or "/" in tail or not head:
+    return value, None
+  require(tail.isdigit(), f"--guide_from={value}: the step {tail!r} after ':' is not a "
+          "checkpoint step (a non-negative integer)")
+  return head, int(tail)
+
+
+def _same_process(a: spec_lib.Spec, b: spec_lib.Spec) -> bool:
+  """Whether two runs diffuse alike: the same steps, and alpha and sigma on a fine grid
+  of times (whichever fields define the schedule). Their predictions may differ: each
+  model's output becomes x0_hat through its own."""
+  sa, sb = a.diffusion.schedule, b.diffusion.schedule
+  t = jnp.linspace(0.0, 1.0, 1025)
+  with jax.ensure_compile_time_eval():
+    curves = [np.asarray(jnp.stack([s.alpha(t), s.sigma(t)]), np.float64) for s in (sa, sb)]
+  return sa.num_steps == sb.num_steps and np.allclose(*curves, rtol=1e-6, atol=0,
+                                                      equal_nan=True)
+
+
+def _guide_conditions(spec: spec_lib.Spec) -> dict:
+  m, c = spec.model, spec.cond
+  return {"data.num_classes": spec.data.num_classes, "model.text": m.text,
+          "model.text_max_len": m.text_max_len if m.text == "tokens" else None,
+          "model.text_emb_dim": m.text_emb_dim, "cond.image": c.image,
+          "cond.sr_factor": c.sr_factor if c.image == "sr" else None}
+
+
+def _autoguide_model(spec: spec_lib.Spec, guide_from: str, num_devices: int, tokenizer):
+  """The guide of autoguidance, checked to guide this model: (its spec, its checkpoints
+  to restore: the chosen step only, else the newest that reads back)."""
+  scale = spec.guidance_config.autoguidance_scale
+  require(scale != 1.0, f"--guide_from needs sample.autoguidance_scale != 1 (it is {scale}; "
+          "1 = this model alone), e.g. --config.sample.autoguidance_scale=2")
+  workdir, step = parse_guide_from(guide_from)
+  where = f"--guide_from={guide_from}"
+  config = files.load_saved(workdir)
+  require(config is not None, f"{where}: {workdir!r} holds no run config: not a "
+          "diffusion_jax workdir")
+  # Its own run's config parsed first: a mismatch is named before its checkpoints are read.
+  try:
+    guide = spec_lib.parse(config, num_devices)
+  except ConfigError as e:
+    raise ConfigError(*(f"{where}: the guide's config: {p}" for p in e.problems)) from None
+  require(guide.image_shape == spec.image_shape,
+          f"{where}: the guide makes {guide.image_shape} images (h, w, channels); this "
+          f"model makes {spec.image_shape}")
+  if not _same_process(guide, spec):
+    diff = workdir_lib.changed(config, spec.config, ("diffusion",))
+    raise ConfigError(f"{where}: the guide was trained on another process (alpha_t, "
+                      f"sigma_t or the discrete steps differ); their diffusion sections "
+                      f"differ in {', '.join(diff)}")
+  mine, its = _guide_conditions(spec), _guide_conditions(guide)
+  diff = [k for k in mine if mine[k] != its[k]]
+  require(not diff, f"{where}: the guide takes other conditions: "
+          + ", ".join(f"{k}={its[k]!r} (this model: {mine[k]!r})" for k in diff))
+  guide, found, guide_tok = build.checked(config, workdir, "sample", num_devices)
+  require(tokenizer is None or guide_tok.vocab == tokenizer.vocab,
+          f"{where}: the guide was trained on another vocabulary of caption words")
+  if step is not None:
+    require(step in found.usable, f"{where}: no usable checkpoint at step {step} in "
+            f"{workdir!r} (usable: {', '.join(str(s) for s in found.usable)})")
+    found = dataclasses.replace(found, usable=(step,))  # That one, or an error.
+  return guide, found
+
+
 def sample_from_workdir(config, workdir: str, given: inputs_lib.Given = inputs_lib.Given(),
-                        mesh=None, cascade_from: str | None = None) -> str:
+                        mesh=None, cascade_from: str | None = None,
+                        guide_from: str | None = None) -> str:
   """Writes a sample set from the latest checkpoint (EMA parameters).
 
   With `cascade_from`, a base model's workdir, the base model first samples the
   low-resolution images (its own conditions from `given`), which this
-  super-resolution model then takes as its input."""
+  super-resolution model then takes as its input. With `guide_from`, WORKDIR[:STEP]
+  of a weaker model of the same task, the samples are autoguided by it
+  (sample.autoguidance_scale)."""
   mesh = mesh or mesh_lib.make_mesh()
   spec, found, tokenizer = build.checked(config, workdir, "sample", mesh.devices.size)
+  scale = spec.guidance_config.autoguidance_scale
+  require(guide_from or scale == 1.0, f"sample.autoguidance_scale={scale} needs a guide "
+          "model: --guide_from=WORKDIR[:STEP]")
+  guide = None
+  if guide_from:
+    guide = distributed.checked(_autoguide_model, spec, guide_from, mesh.devices.size,
+                                tokenizer)
   build.use_compilation_cache(spec, workdir)
   if cascade_from:
     base_spec, base_found, base_tok = distributed.checked(_cascade_base, spec, cascade_from,
@@ -70,11 +158,21 @@ def sample_from_workdir(config, workdir: str, given: inputs_lib.Given = inputs_l
     record.update({f"base_{k}": v for k, v in base_record.items() if k != "count"})
   else:
     inputs, record = distributed.checked(inputs_lib.gather, spec, given, tokenizer)
+  if guide:
+    guide_spec, guide_found = guide
+    guide_workdir = parse_guide_from(guide_from)[0]
+    guide_step, guide_state, _, _ = build.restore_state(guide_spec, guide_workdir,
+                                                        guide_found, mesh)
+    guide = (guide_spec, guide_state.ema_params)
+    if distributed.is_primary():
+      print(f"autoguidance: scale {scale}, guide {guide_workdir} at step {guide_step}",
+            flush=True)
   state = build.load_state(spec, workdir, found, mesh)
-  path = write_sample_set(spec, workdir, state.ema_params, int(state.step), mesh, inputs, record)
+  path = write_sample_set(spec, workdir, state.ema_params, int(state.step), mesh, inputs, record,
+                          guide=guide)
   if distributed.is_primary():
     print(f"samples: {path}", flush=True)
   return path
 
 
-__all__ = ["ConfigError", "sample_from_workdir", "sample_images", "write_sample_set"]
+__all__ = ["ConfigError", "parse_guide_from", "sample_from_workdir", "sample_images", "write_sample_set"]

@@ -13,6 +13,7 @@ import ml_collections
 from diffusion_jax.conditioning import conditions
 from diffusion_jax.config.errors import ConfigError, Problems
 from diffusion_jax.core import diffusion as diffusion_lib
+from diffusion_jax.core.guidance import GuidanceConfig
 from diffusion_jax.core.samplers import SamplerConfig
 from diffusion_jax.data.pipeline import DataConfig
 from diffusion_jax.evaluation.eval_config import EvalConfig
@@ -38,6 +39,7 @@ class Spec:
   sampler: SamplerConfig
   sample_set: SampleSetConfig
   guidance: dict[str, float]  # Guidance scales, by condition, in nesting order.
+  guidance_config: GuidanceConfig  # Guidance interval, autoguidance scale.
   eval: EvalConfig
 
   @property
@@ -63,6 +65,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   section("optim", OptimConfig.from_config, config.optim)
   section("sampler", SamplerConfig.from_config, config.sample)
   section("sample_set", SampleSetConfig.from_config, config.sample)
+  section("guidance_config", GuidanceConfig.from_config, config.sample)
   section("eval", EvalConfig.from_config, config.eval)
 
   def cross(needs: tuple[str, ...], rule) -> None:

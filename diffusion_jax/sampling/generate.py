@@ -43,20 +43,33 @@ def to_uint8(x) -> np.ndarray:
 
 def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.SamplerConfig,
                    image_shape: tuple, mesh, cond_cfg=conditions.NO_IMAGE,
-                   project: bool = False, scales: dict | None = None
+                   project: bool = False, scales: dict | None = None,
+                   guidance_cfg: guidance.GuidanceConfig = guidance.GuidanceConfig(),
+                   guide: tuple[UNet, diffusion.Diffusion] | None = None
                    ) -> Callable[[object, jax.Array, dict], jax.Array]:
   """A compiled fn(params, key, inputs) -> images in [-1, 1], sharded over `data`.
 
   `inputs` holds the user-facing conditions (see diffusion_jax.conditions), one row
   per sample; an unconditional model takes {}. With `project`, each sample is moved
   to the nearest image that satisfies its image condition exactly. `scales` are the
-  guidance scales by condition (conditions.guidance_scales); none = unguided."""
+  guidance scales by condition (conditions.guidance_scales); none = unguided.
+  `guidance_cfg` limits guidance to an interval of noise levels and scales
+  autoguidance by `guide`, the (network, process) of a weaker model of the same task:
+  `params` are then (the model's, the guide's)."""
   mcfg = model.config
   null = lambda cond, which: conditions.null(cond, which, mcfg.num_classes)
 
   def fn(params, key, inputs):
+    params, guide_params = params if guide else (params, None)
     apply = lambda x, t, cond: model.apply({"params": params}, x, t, cond)
-    denoise = guidance.guided(diffusion.make_denoiser(apply, diff), scales or {}, null)
+    guide_denoise = None
+    if guide:
+      guide_net, guide_diff = guide
+      guide_apply = lambda x, t, cond: guide_net.apply({"params": guide_params}, x, t, cond)
+      guide_denoise = diffusion.make_denoiser(guide_apply, guide_diff)
+    denoise = guidance.guided(diffusion.make_denoiser(apply, diff), scales or {}, null,
+                              guide=guide_denoise, guide_scale=guidance_cfg.autoguidance_scale,
+                              interval=guidance_cfg.interval, schedule=diff.schedule)
     cond = conditions.make_cond(mcfg, cond_cfg, inputs, image_shape[0])
     batch = jax.tree.leaves(inputs)[0].shape[0]
     x = samplers.sample(denoise, diff.schedule, cfg, (batch,) + image_shape, cond, key)

@@ -143,6 +143,13 @@ BAD = [
      "optim.lr=inf must be a finite number"),
     ("negative guidance", {"sample.guidance_scale": -1.0}, [],
      "sample.guidance_scale=-1.0 must be a finite number in [0, inf)"),
+    # Guidance interval and autoguidance (issue 13).
+    ("guidance interval upside down", {"sample.guidance_interval": (5.42, 0.28)}, [],
+     "sample.guidance_interval=(5.42, 0.28): need 0 <= lo < hi"),
+    ("autoguidance while training", {"sample.autoguidance_scale": 2.0}, [],
+     "autoguidance needs a guide model, given only to --mode=sample (--guide_from)"),
+    ("a guide while training", {}, ["--guide_from=runs/small"],
+     "--guide_from applies to --mode=sample only"),
     ("bundled data in a data_dir that does not exist",
      {"data.data_dir": "/nonexistent/tfds"}, [], "data.data_dir='/nonexistent/tfds' does not exist"),
     ("split smaller than a batch", {"training.batch_size": 4096}, [],
@@ -288,3 +295,106 @@ def test_a_damaged_newest_checkpoint_falls_back_with_a_warning(trained, data_dir
   # Nothing deleted: the damaged step is set aside, and the run saved its own step 6.
   assert os.listdir(os.path.join(wd, "checkpoints_unreadable")) == ["6"]
   assert "8" in os.listdir(os.path.join(wd, "checkpoints"))
+
+
+# --- Autoguidance (--guide_from) and the guidance interval, on the run trained above.
+
+def _sampled(r) -> dict:
+  assert r.returncode == 0, r.stderr[-3000:]
+  path = [ln for ln in r.stdout.splitlines() if ln.startswith("samples: ")][-1][len("samples: "):]
+  return dict(np.load(path))
+
+
+def test_autoguidance_from_a_checkpoint_of_the_same_run(trained, data_dir, tmp_path):
+  """The run's step 6 guided by its own checkpoints, at scale 100 through the interval's
+  path (an interval that holds every time; one compiled program for both): by step 6
+  itself, D_bad = D and the samples are the unguided ones (those written at the end of
+  training, same seed and settings); by step 2 they are not. (Steps 2 and 6 of a 6-step
+  run differ little in their EMA parameters, decay 0.999: the large scale makes the
+  difference visible in uint8.)"""
+  import shutil
+  guide = trained[0]
+  wd = str(tmp_path / "wd")
+  shutil.copytree(guide, wd)
+  before = snapshot(guide)
+  unguided = np.load(os.path.join(wd, "samples", "step_6.npz"))
+  run = lambda step: cli(wd, "--mode=sample", f"--guide_from={guide}:{step}", config=None,
+                         tiny=False, data_dir=data_dir,
+                         overrides={"sample.autoguidance_scale": 100.0,
+                                    "sample.guidance_interval": (0.0, 1e9)})
+  r = run(6)
+  itself = _sampled(r)
+  assert f"autoguidance: scale 100.0, guide {guide} at step 6" in r.stdout
+  np.testing.assert_array_equal(itself["labels"], unguided["labels"])
+  # Equal up to float32 rounding (D is evaluated in two batches), i.e. +-1 in uint8.
+  diff = np.abs(itself["images"].astype(int) - unguided["images"].astype(int))
+  assert diff.max() <= 1 and (diff == 0).mean() > 0.99, (diff.max(), (diff == 0).mean())
+  r = run(2)
+  by_step_2 = _sampled(r)
+  assert f"guide {guide} at step 2" in r.stdout
+  assert by_step_2["images"].shape == (10, 8, 8, 1)
+  assert not np.array_equal(by_step_2["images"], unguided["images"])
+  assert snapshot(guide) == before  # The guide's workdir is only read.
+
+
+def _edited_guide(src, dst, **fields):
+  """A copy of a run whose saved config says another run's values: the config is what
+  the guide's checks read first, before its checkpoints."""
+  import json
+  import shutil
+  from diffusion_jax.config import files
+  shutil.copytree(src, dst)
+  path = files.saved_config_paths(str(dst))[-1]
+  with open(path) as f:
+    config = json.load(f)
+  for key, value in fields.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  with open(path, "w") as f:
+    json.dump(config, f)
+  return str(dst)
+
+
+GUIDE_BAD = [  # (id, guide (RUN = the trained run), sample overrides, the error).
+    ("another image shape", "SIZE16", {},
+     "the guide makes (16, 16, 1) images (h, w, channels); this model makes (8, 8, 1)"),
+    ("another process", "COSINE", {},
+     "the guide was trained on another process (alpha_t, sigma_t or the discrete steps "
+     "differ); their diffusion sections differ in diffusion.schedule"),
+    ("other conditions", "NOLABELS", {},
+     "the guide takes other conditions: data.num_classes=0 (this model: 10)"),
+    ("missing workdir", "MISSING", {}, "holds no run config: not a diffusion_jax workdir"),
+    ("step without a checkpoint", "RUN:3", {},
+     "no usable checkpoint at step 3 in 'RUN' (usable: 6, 4, 2)"),
+    ("step not a number", "RUN:last", {}, "the step 'last' after ':' is not a checkpoint step"),
+    ("scale 1", "RUN", {"sample.autoguidance_scale": 1.0},
+     "--guide_from needs sample.autoguidance_scale != 1"),
+    ("no guide", None, {}, "sample.autoguidance_scale=2.0 needs a guide model"),
+    ("bad interval", "RUN", {"sample.guidance_interval": (0.5,)},
+     "sample.guidance_interval=(0.5,): give (lo, hi)"),
+]
+
+
+@pytest.mark.parametrize("name,guide,over,message", GUIDE_BAD, ids=[b[0] for b in GUIDE_BAD])
+def test_a_bad_guide_fails_cleanly_and_writes_nothing(trained, data_dir, tmp_path, name,
+                                                      guide, over, message):
+  run = trained[0]
+  made = {"SIZE16": {"data.image_size": 16, "model.attn_resolutions": [8]},
+          "COSINE": {"diffusion.schedule": "cosine"},
+          "NOLABELS": {"data.num_classes": 0, "model.num_classes": 0,
+                       "training.label_dropout": 0.0, "sample.guidance_scale": 1.0}}
+  if guide in made:
+    guide = _edited_guide(run, tmp_path / guide.lower(), **made[guide])
+  elif guide == "MISSING":
+    guide = str(tmp_path / "missing")
+  elif guide:
+    guide = guide.replace("RUN", run)
+  before = snapshot(run), snapshot(tmp_path)
+  args = ["--mode=sample"] + ([f"--guide_from={guide}"] if guide else [])
+  r = cli(run, *args, config=None, tiny=False, data_dir=data_dir,
+          overrides={"sample.autoguidance_scale": 2.0, **over})
+  assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+  lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+  assert len(lines) == 1 and message.replace("RUN", run) in lines[0], r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+  assert (snapshot(run), snapshot(tmp_path)) == before

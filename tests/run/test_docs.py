@@ -112,6 +112,12 @@ BAD = [  # (run, sampling flags, the error).
     ("photo_inpaint", ["--cond=RGB32"], "lacks ['masked', 'mask']"),
     ("photo_sr", ["--cascade_from=RUN:digits"],
      "the base model makes 8x8 images with 1 channels; this model takes 8x8 with 3"),
+    # Autoguidance by a run of another image shape or process (docs/processes-and-samplers.md).
+    ("digits", ["--guide_from=RUN:photo_base8", "--config.sample.autoguidance_scale=2"],
+     "the guide makes (8, 8, 3) images (h, w, channels); this model makes (8, 8, 1)"),
+    ("digits", ["--guide_from=RUN:digits_edm", "--config.sample.autoguidance_scale=2"],
+     "the guide was trained on another process (alpha_t, sigma_t or the discrete steps "
+     "differ); their diffusion sections differ in diffusion.num_steps"),
 ]
 
 
