@@ -7,19 +7,34 @@ import numpy as np
 from diffusion_jax.config import files
 from diffusion_jax.config.errors import ConfigError, require
 from diffusion_jax.run import build
+from diffusion_jax.run import latent as latent_lib
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.sampling import generate, images as images_lib, inputs as inputs_lib
 from diffusion_jax.training import distributed, mesh as mesh_lib
+
+
+def make_sample_fn(spec: spec_lib.Spec, net, mesh):
+  """The compiled sampler of a run: fn(sampling_params(spec, params), key, inputs)
+  -> images in [-1, 1] (a latent run's samples decoded)."""
+  decode = latent_lib.decoder(spec.autoencoder.config) if spec.autoencoder else None
+  return generate.make_sample_fn(net, spec.diffusion, spec.sampler, spec.model_shape, mesh,
+                                 spec.cond, spec.sample_set.project, spec.guidance, decode)
+
+
+def sampling_params(spec: spec_lib.Spec, params):
+  """What the sampler of `make_sample_fn` takes: the U-Net's parameters (and a latent
+  run's autoencoder parameters)."""
+  return params if spec.autoencoder is None else (params, spec.autoencoder.params)
 
 
 def sample_images(spec: spec_lib.Spec, params, mesh, inputs: dict, record: dict,
                   net=None) -> np.ndarray:
   """uint8 samples, one per row of `inputs` (see sampling.inputs.gather)."""
   net = net or build.model(spec)
-  fn = generate.make_sample_fn(net, spec.diffusion, spec.sampler, spec.image_shape, mesh,
-                               spec.cond, spec.sample_set.project, spec.guidance)
+  fn = make_sample_fn(spec, net, mesh)
   s = spec.sample_set
-  return generate.generate(fn, params, inputs, s.batch_size, s.seed, mesh,
+  return generate.generate(fn, sampling_params(spec, params), inputs, s.batch_size, s.seed,
+                           mesh,
                            num_samples=int(record.get("count", 0)) or None)
 
 
@@ -77,4 +92,4 @@ def sample_from_workdir(config, workdir: str, given: inputs_lib.Given = inputs_l
   return path
 
 
-__all__ = ["ConfigError", "sample_from_workdir", "sample_images", "write_sample_set"]
+__all__ = ["ConfigError", "make_sample_fn", "sampling_params", "sample_from_workdir", "sample_images", "write_sample_set"]

@@ -43,18 +43,24 @@ def to_uint8(x) -> np.ndarray:
 
 def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.SamplerConfig,
                    image_shape: tuple, mesh, cond_cfg=conditions.NO_IMAGE,
-                   project: bool = False, scales: dict | None = None
+                   project: bool = False, scales: dict | None = None,
+                   decode: Callable | None = None
                    ) -> Callable[[object, jax.Array, dict], jax.Array]:
   """A compiled fn(params, key, inputs) -> images in [-1, 1], sharded over `data`.
 
   `inputs` holds the user-facing conditions (see diffusion_jax.conditions), one row
   per sample; an unconditional model takes {}. With `project`, each sample is moved
   to the nearest image that satisfies its image condition exactly. `scales` are the
-  guidance scales by condition (conditions.guidance_scales); none = unguided."""
+  guidance scales by condition (conditions.guidance_scales); none = unguided.
+
+  Latent diffusion: `image_shape` is the latent's, and `decode(decoder_params, z)`
+  turns the samples into images; params is then (U-Net params, decoder params)."""
   mcfg = model.config
   null = lambda cond, which: conditions.null(cond, which, mcfg.num_classes)
 
   def fn(params, key, inputs):
+    if decode is not None:
+      params, decoder_params = params
     apply = lambda x, t, cond: model.apply({"params": params}, x, t, cond)
     denoise = guidance.guided(diffusion.make_denoiser(apply, diff), scales or {}, null)
     cond = conditions.make_cond(mcfg, cond_cfg, inputs, image_shape[0])
@@ -63,7 +69,7 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
     if project and cond_cfg.image:
       x = jnp.clip(conditions.IMAGE_CONDITIONS[cond_cfg.image].project(x, inputs, cond_cfg),
                    -1.0, 1.0)
-    return x
+    return x if decode is None else decode(decoder_params, x)
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
   return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=data)
