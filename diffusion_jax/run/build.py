@@ -8,7 +8,7 @@ from typing import Callable
 import jax
 from etils import epath
 
-from diffusion_jax.config.errors import ConfigError, warn
+from diffusion_jax.config.errors import ConfigError, require, warn
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.run import autoencoder as ae_run
@@ -27,6 +27,9 @@ def _check_diffusion(spec: spec_lib.Spec, mode: str) -> spec_lib.Spec:
   evaluates = mode == "eval" or (mode == "train" and ecfg.every_steps > 0)
   if evaluates:
     ecfg.check_model(spec.model.text, spec.cond.image)
+    require(not (ecfg.likelihood and spec.latent.autoencoder),
+            "eval.metrics 'bpd' with latent.autoencoder: the likelihood would be of the "
+            "latents, not of the images; evaluate with the sample metrics (fd, kid, ...)")
   splits = {"train": {"data.split": (spec.data.split, spec.training.batch_size)}}.get(mode, {})
   if evaluates and ecfg.likelihood:
     splits["eval.split"] = (ecfg.split, 1)
@@ -38,14 +41,16 @@ def _check_diffusion(spec: spec_lib.Spec, mode: str) -> spec_lib.Spec:
     d = spec.data
     latent_lib.check_data(ae, d.image_size, d.channels)
     h, _, c = ae.latent_shape(d.image_size)
+    # The U-Net denoises latents: its output channels are the latent's (model.out_channels,
+    # tied to data.channels, is the pixel-space value).
+    net_cfg = dataclasses.replace(spec.model, out_channels=c)
     try:
-      spec.model.check_input(h, c, d.num_classes)
+      net_cfg.check_input(h, c, d.num_classes)
     except ConfigError as e:
-      raise ConfigError(*(f"{p} (in the latent space of latent.autoencoder="
-                          f"{spec.latent.autoencoder!r}: {h}x{h}x{c} latents; set "
-                          f"model.out_channels={c} and sizes of a {h}x{h} input)"
+      raise ConfigError(*(f"{p} (the U-Net's input is the {h}x{h}x{c} latent of "
+                          f"latent.autoencoder={spec.latent.autoencoder!r})"
                           for p in e.problems)) from None
-    spec = dataclasses.replace(spec, autoencoder=ae)
+    spec = dataclasses.replace(spec, autoencoder=ae, model=net_cfg)
   return spec
 
 

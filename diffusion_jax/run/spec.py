@@ -89,9 +89,6 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
     cross(("cond",), lambda c: require(
         not c.image, f"cond.image={c.image!r} with latent.autoencoder: image conditions "
         "are not supported in latent space yet (class labels and text are)"))
-    cross(("eval",), lambda e: require(
-        not e.likelihood, "eval.metrics 'bpd' with latent.autoencoder: the likelihood "
-        "would be of the latents, not of the images; use the sample metrics"))
   else:
     cross(("model", "data"),
           lambda m, d: m.check_input(d.image_size, d.channels, d.num_classes))
