@@ -195,17 +195,17 @@ def _moments_fn(net: ae_lib.AutoencoderKL, mesh):
   return jax.jit(fn, in_shardings=(repl, data, repl), out_shardings=repl)
 
 
-def latent_scale(spec: AutoencoderSpec, params, mesh, net=None) -> dict:
-  """1 / std of posterior samples (of all elements) of latent.scale_batches batches of
-  the training split, read in the run's order from its start; every process takes
-  part. Returns {"scaling_factor", "std", "mean", "examples"}."""
-  net = net or model(spec)
+def scale_of(net: ae_lib.AutoencoderKL, params, data_cfg: DataConfig, batch_size: int,
+             batches: int, seed: int, mesh) -> dict:
+  """1 / std of posterior samples (of all elements) of the first `batches` global
+  batches of data_cfg's split, in the order a run with `seed` reads it; every process
+  takes part. Returns {"scaling_factor", "std", "mean", "examples"}."""
   fn = _moments_fn(net, mesh)
-  it = pipeline.make_iterator(spec.data, spec.training.batch_size, spec.seed)
-  key = jax.random.fold_in(jax.random.key(spec.seed), 0x5CA1E)
+  it = pipeline.make_iterator(data_cfg, batch_size, seed)
+  key = jax.random.fold_in(jax.random.key(seed), 0x5CA1E)
   count = total = squares = 0.0
   try:
-    for i in range(spec.scale_batches):
+    for i in range(batches):
       batch = mesh_lib.global_batch({"image": next(it)["image"]}, mesh)
       n, s, q = (float(v) for v in jax.device_get(fn(params, batch["image"],
                                                      jax.random.fold_in(key, i))))
@@ -216,7 +216,14 @@ def latent_scale(spec: AutoencoderSpec, params, mesh, net=None) -> dict:
   std = float(np.sqrt(max(squares / count - mean * mean, 0.0)))
   require(std > 0 and np.isfinite(std), f"the latents' std is {std}: no latent scale")
   return {"scaling_factor": 1.0 / std, "std": std, "mean": mean,
-          "examples": spec.scale_batches * spec.training.batch_size}
+          "examples": batches * batch_size}
+
+
+def latent_scale(spec: AutoencoderSpec, params, mesh, net=None) -> dict:
+  """The latent scale of an autoencoder run's parameters: latent.scale_batches batches
+  of its training split (`scale_of`)."""
+  return scale_of(net or model(spec), params, spec.data, spec.training.batch_size,
+                  spec.scale_batches, spec.seed, mesh)
 
 
 def write_latent_scale(workdir: str, step: int, scale: dict) -> str:
@@ -246,4 +253,5 @@ def finish(spec: AutoencoderSpec, workdir: str, state, mesh, net, tokenizer, wri
   distributed.sync("latent scale written")
 
 
-__all__ = ["AutoencoderSpec", "LATENT_SCALE", "latent_scale", "parse", "read_latent_scale"]
+__all__ = ["AutoencoderSpec", "LATENT_SCALE", "latent_scale", "parse", "read_latent_scale",
+           "scale_of"]
