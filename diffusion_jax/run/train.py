@@ -1,6 +1,7 @@
 """--mode=train: `train_and_evaluate(config, workdir)` checks everything, then trains
-(resuming from the workdir's newest readable checkpoint) and writes a sample set at
-the end. Every process runs it; process 0 holds the workdir lock and writes the logs,
+(resuming from the workdir's newest readable checkpoint) and ends as the run's kind
+says (build.KINDS: a diffusion run writes a sample set, an autoencoder run its latent
+scale). Every process runs it; process 0 holds the workdir lock and writes the logs,
 the config and the samples, and every process saves its part of the checkpoints."""
 
 import jax

@@ -50,8 +50,10 @@ def model_meta(spec: Spec, tokenizer: Tokenizer | None = None) -> dict:
           "image_size": spec.data.image_size, "channels": spec.data.channels}
   if spec.cond.image:
     meta["cond"] = {"image": spec.cond.image, "sr_factor": spec.cond.sr_factor}
-  if spec.autoencoder is not None:  # The U-Net's input is the latent.
-    meta["latent"] = list(spec.model_shape)
+  if spec.autoencoder is not None:  # The U-Net's input is the latent of this autoencoder.
+    ae = spec.autoencoder
+    meta["latent"] = {"shape": list(spec.model_shape), "autoencoder_step": ae.step,
+                      "scaling_factor": ae.config.scaling_factor}
   if tokenizer is not None:
     meta["vocab"] = tokenizer.vocab
   return meta
@@ -71,8 +73,10 @@ def model_meta_diff(saved: dict, want: dict) -> list[str]:
   diff = sorted(k for k in set(saved["model"]) | set(want["model"])
                 if saved["model"].get(k) != want["model"].get(k))
   diff = [f"model.{k}" for k in diff]
-  return diff + [k for k in ("image_size", "channels", "cond", "latent")
-                 if saved.get(k) != want.get(k)]
+  diff += [k for k in ("image_size", "channels", "cond") if saved.get(k) != want.get(k)]
+  if saved.get("latent") != want.get("latent"):
+    diff.append("latent (latent.autoencoder: its latent shape, checkpoint step or scale)")
+  return diff
 
 
 def check(spec, workdir: str, mode: str, meta=model_meta, meta_diff=model_meta_diff,
