@@ -117,6 +117,17 @@ def test_latent_diffusion_trains_and_samples_decoded_images(latent_run, data_dir
   assert again["images"].shape == (2, 8, 8, 1)
 
 
+def test_sample_metrics_of_a_latent_run_are_of_decoded_images(latent_run, data_dir):
+  wd, _ = latent_run
+  r = cli(wd, "--mode=eval", config=None, tiny=False, data_dir=data_dir,
+          overrides={"eval.metrics": "kid", "eval.num_samples": 20})
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.load(open(os.path.join(wd, "eval", "step_2_digits-v1.json")))
+  # digits-v1 takes 8x8 grayscale images: the decoded samples, not 4x4x4 latents.
+  assert result["num_samples"] == 20 and result["feature_net"] == "digits-v1"
+  assert np.isfinite(result["kid"])
+
+
 def test_latent_diffusion_on_a_converted_weight_file(autoencoder, latent_run, tmp_path,
                                                      data_dir):
   """A weight file of the converter's format is an autoencoder too; its scale is its own
