@@ -13,7 +13,8 @@ from diffusion_jax.config.errors import ConfigError
 from diffusion_jax.core import diffusion, parameterisation, samplers, schedules
 from diffusion_jax.data import pipeline
 from diffusion_jax.evaluation import eval_config, features, likelihood
-from diffusion_jax.models import unet
+from diffusion_jax.models import autoencoder, autoencoder_losses, unet
+from diffusion_jax.run import autoencoder as ae_run, build
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.sweep import cli as sweep_cli, space as sweep_space
 from diffusion_jax.training import optimizer
@@ -72,6 +73,30 @@ def test_every_registered_name_parses_and_unknown_names_list_them(registry, fiel
     parse({**overrides(names[0]), field: "no_such_name"})
   listed = re.search(_unknown(field), str(e.value)).group(2)
   assert eval(listed) == sorted(set(registry) | ({"none"} if "progressive" in field else set()))
+
+
+def test_every_run_kind_and_autoencoder_option_parses():
+  for name in build.KINDS:
+    c = defaults.get_config()
+    c.kind, c.autoencoder_loss.disc_layers = name, 1  # The 8x8 digits of the defaults.
+    assert build.kind_of(c).parse(c, 1).kind == name
+  c = defaults.get_config()
+  c.kind = "vae"
+  with pytest.raises(ConfigError) as e:
+    build.kind_of(c)
+  assert eval(re.search(_unknown("kind"), str(e.value)).group(2)) == sorted(build.KINDS)
+  for registry, field in ((autoencoder_losses.RECONSTRUCTIONS, "reconstruction"),
+                          (autoencoder_losses.DISC_LOSSES, "disc_loss"),
+                          ({n: n for n in autoencoder.DTYPES}, "dtype")):
+    section = "autoencoder" if field == "dtype" else "autoencoder_loss"
+    for name in registry:
+      c = defaults.get_config()
+      c.kind, c[section][field] = "autoencoder", name
+      c.autoencoder_loss.disc_layers = 1
+      ae_run.parse(c, 1)
+    c[section][field] = "no_such_name"
+    with pytest.raises(ConfigError, match=f"{section}.{field}='no_such_name' is unknown"):
+      ae_run.parse(c, 1)
 
 
 def test_every_param_dtype_parses_where_the_platform_runs_it():
@@ -161,6 +186,9 @@ DOCS = [  # (page, registry): the page's tables list every name.
     ("evaluation.md", features.FEATURE_NETS),
     ("sweeps.md", sweep_cli.ENGINES),
     ("sweeps.md", sweep_space.DISTRIBUTIONS),
+    ("latent.md", build.KINDS),
+    ("latent.md", autoencoder_losses.RECONSTRUCTIONS),
+    ("latent.md", autoencoder_losses.DISC_LOSSES),
 ]
 
 

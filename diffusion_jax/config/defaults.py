@@ -18,6 +18,9 @@ RETIRED = {
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # Base PRNG seed: parameter init, per-step noise, data order.
+  # What the run trains: run.build.KINDS ("diffusion"; "autoencoder": the KL autoencoder
+  # of the `autoencoder` and `autoencoder_loss` sections, for latent diffusion).
+  c.kind = "diffusion"
 
   # --- Data: any tfds dataset, or one bundled with the package.
   c.data = d = ml_collections.ConfigDict()
@@ -70,6 +73,39 @@ def get_config() -> ml_collections.ConfigDict:
   m.progressive_input = "none"  # Input pyramid (NCSN++): "none" or models.unet.PROGRESSIVE_INPUTS.
   m.progressive = "none"  # Output pyramid (NCSN++): "none" or models.unet.PROGRESSIVES.
   m.input_fourier = ()  # VDM: exponents k of sin/cos(2^k 2 pi x) input features; () = none.
+
+  # --- Latent diffusion (docs/latent.md).
+  c.latent = la = ml_collections.ConfigDict()
+  # Diffusion runs: the autoencoder whose latent space the U-Net works in: the workdir
+  # of an autoencoder run, or a converted weight file (models/convert_vae.py); "" = pixels.
+  la.autoencoder = ""
+  # Autoencoder runs: batches of the training split whose posterior samples give the
+  # latent scale (1 / their std), computed at the end of training.
+  la.scale_batches = 8
+
+  # --- The autoencoder (kind "autoencoder"): models.autoencoder.AutoencoderConfig; its
+  # in/out channels are data.channels, its scaling_factor is computed (latent.scale_batches).
+  c.autoencoder = a = ml_collections.ConfigDict()
+  a.block_out_channels = (32, 64, 64)  # One level per entry; downsampling f = 2^(len - 1).
+  a.layers_per_block = 1  # ResNet blocks per encoder level (the decoder has one more).
+  a.latent_channels = 4  # Channels of the latent (and of the latent U-Net's input).
+  a.norm_num_groups = 8  # GroupNorm groups; must divide every entry of block_out_channels.
+  a.mid_block_add_attention = True  # Self-attention in the lowest-resolution block.
+  a.dtype = "float32"  # Compute dtype (models.autoencoder.DTYPES); parameters are float32.
+
+  # --- The autoencoder's loss: models.autoencoder_losses.AutoencoderLossConfig.
+  c.autoencoder_loss = al = ml_collections.ConfigDict()
+  al.reconstruction = "l1"  # Pixel error: models.autoencoder_losses.RECONSTRUCTIONS.
+  al.kl_weight = 1e-6  # Weight of KL(q(z|x) || N(0, I)).
+  al.perceptual_weight = 0.0  # LPIPS weight; > 0 needs lpips_weights.
+  al.lpips_weights = ""  # LPIPS's VGG16 weights (models.autoencoder_losses.load_lpips).
+  al.disc_weight = 0.5  # Adversarial term's weight (adaptive, as LDM); 0 = no discriminator.
+  al.disc_factor = 1.0  # Factor of the adversarial terms once switched on.
+  al.disc_start = 50001  # Step from which the adversarial terms count (warm-up before).
+  al.disc_loss = "hinge"  # Discriminator loss: models.autoencoder_losses.DISC_LOSSES.
+  al.disc_channels = 64  # PatchGAN discriminator's first width.
+  al.disc_layers = 3  # Its stride-2 layers.
+  al.disc_norm_groups = 32  # Its GroupNorm groups.
 
   # --- Image conditions, made from the clean image (training) or given (sampling).
   c.cond = k = ml_collections.ConfigDict()

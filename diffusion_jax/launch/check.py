@@ -99,6 +99,9 @@ def compile_report(config, topology: str) -> Report:
   devices = topology_devices(topology)
   mesh = Mesh(np.asarray(devices), (mesh_lib.DATA_AXIS,))
   spec = spec_lib.parse(config, len(devices))
+  # Its U-Net's shapes come from the autoencoder, which this check does not load.
+  require(not spec.latent.autoencoder, "check: latent diffusion configs (latent.autoencoder) "
+          "are not supported yet")
   net, tx = build.model(spec), build.optimizer_of(spec)
   _, _, abstract = build.init_fns(spec, net, tx, mesh)
   batch = abstract_batch(spec, net, mesh)

@@ -1,7 +1,9 @@
 """From a checked config to the objects of a run: the model, process and optimizer,
 the initial or restored train state; and every check a mode needs, in one call."""
 
+import dataclasses
 import functools
+from typing import Callable
 
 import jax
 from etils import epath
@@ -9,6 +11,8 @@ from etils import epath
 from diffusion_jax.config.errors import ConfigError, require, warn
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.unet import UNet
+from diffusion_jax.run import autoencoder as ae_run
+from diffusion_jax.run import latent as latent_lib
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.run import workdir as workdir_lib
 from diffusion_jax.training import checkpoint, distributed, mesh as mesh_lib, optimizer
@@ -16,28 +20,131 @@ from diffusion_jax.training import state as state_lib
 from diffusion_jax.training.step import make_train_step
 
 
-def _checked_run(config, mode: str, num_devices: int) -> spec_lib.Spec:
-  spec = spec_lib.parse(config, num_devices)
+def _check_diffusion(spec: spec_lib.Spec, mode: str) -> spec_lib.Spec:
+  """The data (and evaluation's splits) of a diffusion run; its autoencoder, loaded
+  and checked against the data and the U-Net, in latent space."""
   scale = spec.guidance_config.autoguidance_scale
   require(mode == "sample" or scale == 1.0,
           f"sample.autoguidance_scale={scale}: autoguidance needs a guide model, given "
           f"only to --mode=sample (--guide_from); --mode={mode} samples without one")
+  require(scale == 1.0 or not spec.latent.autoencoder,
+          f"sample.autoguidance_scale={scale} with latent.autoencoder: autoguidance of "
+          "latent diffusion is not supported yet")
   ecfg = spec.eval
   evaluates = mode == "eval" or (mode == "train" and ecfg.every_steps > 0)
   if evaluates:
     ecfg.check_model(spec.model.text, spec.cond.image)
+    require(not (ecfg.likelihood and spec.latent.autoencoder),
+            "eval.metrics 'bpd' with latent.autoencoder: the likelihood would be of the "
+            "latents, not of the images; evaluate with the sample metrics (fd, kid, ...)")
   splits = {"train": {"data.split": (spec.data.split, spec.training.batch_size)}}.get(mode, {})
   if evaluates and ecfg.likelihood:
     splits["eval.split"] = (ecfg.split, 1)
   if evaluates and ecfg.sample_metrics:
     splits["eval.reference_split"] = (ecfg.reference_split, 2)
   pipeline.check(spec.data, splits, spec.model.text)
+  if spec.latent.autoencoder:
+    ae = latent_lib.load(spec.latent.autoencoder)
+    d = spec.data
+    latent_lib.check_data(ae, d.image_size, d.channels)
+    h, _, c = ae.latent_shape(d.image_size)
+    # The U-Net denoises latents: its output channels are the latent's (model.out_channels,
+    # tied to data.channels, is the pixel-space value).
+    net_cfg = dataclasses.replace(spec.model, out_channels=c)
+    try:
+      net_cfg.check_input(h, c, d.num_classes)
+    except ConfigError as e:
+      raise ConfigError(*(f"{p} (the U-Net's input is the {h}x{h}x{c} latent of "
+                          f"latent.autoencoder={spec.latent.autoencoder!r})"
+                          for p in e.problems)) from None
+    spec = dataclasses.replace(spec, autoencoder=ae, model=net_cfg)
   return spec
 
 
-def _checked_workdir(spec: spec_lib.Spec, workdir: str, mode: str):
-  found = workdir_lib.check(spec, workdir, mode)
-  return found, workdir_lib.tokenizer(spec, workdir, found)
+def _diffusion_model(spec: spec_lib.Spec) -> UNet:
+  return UNet(spec.model)
+
+
+def _diffusion_init(spec: spec_lib.Spec, net: UNet, tx):
+  h, _, c = spec.model_shape
+  return functools.partial(state_lib.create_train_state, model=net, tx=tx, image_size=h,
+                           channels=c)
+
+
+def _diffusion_step(spec: spec_lib.Spec, net: UNet, tx):
+  encode = latent_lib.encoder(spec.autoencoder.config) if spec.autoencoder else None
+  return make_train_step(net, tx, spec.diffusion, spec.training.ema_decay, spec.dropout,
+                         spec.cond, spec.training.microbatches, encode)
+
+
+def _diffusion_text(spec: spec_lib.Spec, tokenizer) -> pipeline.TextSpec:
+  return pipeline.TextSpec(
+      tokenizer=tokenizer,
+      emb_key=spec.data.text_emb_key if spec.model.text == "embeddings" else "")
+
+
+def _diffusion_finish(spec, workdir, state, mesh, net, tokenizer, writer) -> None:
+  """A sample set at the end of training (training.sample_at_end)."""
+  from diffusion_jax.run import sample as sample_run  # It builds on this module.
+  from diffusion_jax.sampling import inputs as inputs_lib
+  if not spec.training.sample_at_end:
+    return
+  inputs, record = distributed.checked(inputs_lib.gather, spec, inputs_lib.Given(), tokenizer)
+  path = sample_run.write_sample_set(spec, workdir, state.ema_params, int(state.step), mesh,
+                                     inputs, record, net)
+  writer.log(f"samples: {path}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """What a config's `kind` trains: how its config is parsed and checked, its network,
+  train state and step, its checkpoints' metadata, and what training ends with."""
+  parse: Callable  # (config, num_devices) -> spec (ConfigError listing every problem).
+  check: Callable  # (spec, mode) -> spec: data, weight files; before anything compiles.
+  model: Callable  # spec -> the flax module.
+  init_state: Callable  # (spec, net, tx) -> fn(key) -> TrainState.
+  train_step: Callable  # (spec, net, tx) -> step(state, batch[, encoder params]).
+  meta: Callable  # (spec, tokenizer) -> what a checkpoint must agree on.
+  meta_diff: Callable  # (saved meta, wanted meta) -> the fields that differ.
+  meaning: tuple[str, ...]  # Config fields a run may not resume with other values of.
+  text: Callable  # (spec, tokenizer) -> pipeline.TextSpec of the input pipeline.
+  finish: Callable  # (spec, workdir, state, mesh, net, tokenizer, writer) after training.
+  tokenizer: Callable = lambda spec, workdir, found: None  # The run's, if it reads text.
+
+
+KINDS = {
+    "diffusion": Kind(
+        parse=spec_lib.parse, check=_check_diffusion, model=_diffusion_model,
+        init_state=_diffusion_init, train_step=_diffusion_step,
+        meta=workdir_lib.model_meta, meta_diff=workdir_lib.model_meta_diff,
+        meaning=workdir_lib.MEANING, text=_diffusion_text, finish=_diffusion_finish,
+        tokenizer=workdir_lib.tokenizer),
+    ae_run.KIND: Kind(
+        parse=ae_run.parse, check=ae_run.check, model=ae_run.model,
+        init_state=ae_run.init_state, train_step=ae_run.train_step, meta=ae_run.meta,
+        meta_diff=ae_run.meta_diff, meaning=ae_run.MEANING,
+        text=lambda spec, tokenizer: pipeline.TextSpec(), finish=ae_run.finish),
+}
+
+
+def kind_of(spec_or_config) -> Kind:
+  """The Kind of a spec or config (ConfigError for an unknown name)."""
+  name = getattr(spec_or_config, "kind", "diffusion")
+  if name not in KINDS:
+    raise ConfigError(f"kind={name!r} is unknown; known: {sorted(KINDS)}")
+  return KINDS[name]
+
+
+def _checked_run(config, mode: str, num_devices: int):
+  kind = kind_of(config)
+  return kind.check(kind.parse(config, num_devices), mode)
+
+
+def _checked_workdir(spec, workdir: str, mode: str):
+  kind = kind_of(spec)
+  found = workdir_lib.check(spec, workdir, mode, meta=kind.meta, meta_diff=kind.meta_diff,
+                            meaning=kind.meaning)
+  return found, kind.tokenizer(spec, workdir, found)
 
 
 def checked(config, workdir: str, mode: str, num_devices: int):
@@ -64,35 +171,45 @@ def use_compilation_cache(spec: spec_lib.Spec, workdir: str) -> None:
                       chosen or str(epath.Path(workdir) / "compilation_cache"))
 
 
-def model(spec: spec_lib.Spec) -> UNet:
-  return UNet(spec.model)
+def model(spec):
+  """The run's network (a U-Net, or the autoencoder)."""
+  return kind_of(spec).model(spec)
 
 
-def optimizer_of(spec: spec_lib.Spec):
+def optimizer_of(spec):
   return optimizer.make_optimizer(spec.optim, spec.training.num_steps)
 
 
-def train_step(spec: spec_lib.Spec, net: UNet, tx):
+def train_step(spec, net, tx):
   """The uncompiled train step a spec describes."""
-  return make_train_step(net, tx, spec.diffusion, spec.training.ema_decay, spec.dropout,
-                         spec.cond, spec.training.microbatches)
+  return kind_of(spec).train_step(spec, net, tx)
 
 
-def jitted_train_step(spec: spec_lib.Spec, net: UNet, tx, mesh):
+def encoder_params(spec):
+  """The extra input of a latent diffusion run's train step (None otherwise)."""
+  ae = getattr(spec, "autoencoder", None)
+  return ae.params if isinstance(ae, latent_lib.Autoencoder) else None
+
+
+def jitted_train_step(spec, net, tx, mesh):
   """The train step as training runs it: the state replicated (and donated), the
-  batch split over the mesh's data axis."""
+  batch split over the mesh's data axis; a latent run's autoencoder parameters are
+  an argument (replicated), not constants of the program."""
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  return jax.jit(train_step(spec, net, tx), in_shardings=(repl, data),
+  ae_params = encoder_params(spec)
+  if ae_params is None:
+    return jax.jit(train_step(spec, net, tx), in_shardings=(repl, data),
+                   out_shardings=(repl, repl), donate_argnums=(0,))
+  step = jax.jit(train_step(spec, net, tx), in_shardings=(repl, data, repl),
                  out_shardings=(repl, repl), donate_argnums=(0,))
+  ae_params = jax.device_put(ae_params, repl)
+  return lambda state, batch: step(state, batch, ae_params)
 
 
-def init_fns(spec: spec_lib.Spec, net: UNet, tx, mesh):
+def init_fns(spec, net, tx, mesh):
   """A compiled initialiser, its key, and the abstract (sharded) state it produces."""
   repl = mesh_lib.replicated(mesh)
-  init = jax.jit(functools.partial(state_lib.create_train_state, model=net, tx=tx,
-                                   image_size=spec.data.image_size,
-                                   channels=spec.data.channels),
-                 out_shardings=repl)
+  init = jax.jit(kind_of(spec).init_state(spec, net, tx), out_shardings=repl)
   key = jax.random.key(spec.seed)
   abstract = jax.eval_shape(init, key)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
@@ -150,5 +267,6 @@ def restore_run(workdir: str, mesh, config=None):
   return spec, load_state(spec, workdir, found, mesh), tokenizer
 
 
-__all__ = ["restore_run", "checked", "init_fns", "jitted_train_step", "load_state", "model",
-           "optimizer_of", "restore_state", "train_step"]
+__all__ = ["KINDS", "Kind", "checked", "encoder_params", "init_fns", "jitted_train_step",
+           "kind_of", "load_state", "model", "optimizer_of", "restore_run", "restore_state",
+           "train_step"]

@@ -21,6 +21,7 @@ from diffusion_jax.data import pipeline
 from diffusion_jax.evaluation import best_checkpoint, features, likelihood, metrics, reference
 from diffusion_jax.evaluation.eval_config import METRICS
 from diffusion_jax.run import build, metadata
+from diffusion_jax.run import sample as sample_run
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.run import workdir as workdir_lib
 from diffusion_jax.sampling import generate, inputs as inputs_lib
@@ -84,15 +85,13 @@ class SampleEvaluator:
     self.sample_set = dataclasses.replace(spec.sample_set, num_samples=ecfg.num_samples)
     self.spec = dataclasses.replace(spec, sample_set=self.sample_set)
     self.inputs, self.record = inputs_lib.gather(self.spec, inputs_lib.Given(), tokenizer)
-    self.sample_fn = generate.make_sample_fn(
-        net or build.model(spec), spec.diffusion, spec.sampler, spec.image_shape, mesh,
-        spec.cond, spec.sample_set.project, spec.guidance,
-        spec.guidance_config)
+    self.sample_fn = sample_run.make_sample_fn(spec, net or build.model(spec), mesh)
 
   def __call__(self, params, step: int) -> dict:
     t0 = time.perf_counter()
     s = self.sample_set
-    images = generate.generate(self.sample_fn, params, self.inputs, s.batch_size, s.seed,
+    images = generate.generate(self.sample_fn, sample_run.sampling_params(self.spec, params),
+                               self.inputs, s.batch_size, s.seed,
                                self.mesh, num_samples=s.num_samples)
     t1 = time.perf_counter()
     feats = features.extract(self.extractor, images, self.ecfg.batch_size)

@@ -11,10 +11,29 @@ import numpy as np
 from diffusion_jax.config import files
 from diffusion_jax.config.errors import ConfigError, require
 from diffusion_jax.run import build
+from diffusion_jax.run import latent as latent_lib
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.run import workdir as workdir_lib
 from diffusion_jax.sampling import generate, images as images_lib, inputs as inputs_lib
 from diffusion_jax.training import distributed, mesh as mesh_lib
+
+
+def make_sample_fn(spec: spec_lib.Spec, net, mesh, guide=None):
+  """The compiled sampler of a run: fn(sampling_params(spec, params, guide), key, inputs)
+  -> images in [-1, 1] (a latent run's samples decoded); `guide`, a (spec, EMA
+  parameters) of a weaker model, autoguides them."""
+  decode = latent_lib.decoder(spec.autoencoder.config) if spec.autoencoder else None
+  guide_net = (build.model(guide[0]), guide[0].diffusion) if guide else None
+  return generate.make_sample_fn(net, spec.diffusion, spec.sampler, spec.model_shape, mesh,
+                                 spec.cond, spec.sample_set.project, spec.guidance,
+                                 spec.guidance_config, guide_net, decode)
+
+
+def sampling_params(spec: spec_lib.Spec, params, guide=None):
+  """What the sampler of `make_sample_fn` takes: the U-Net's parameters (with the
+  guide's, and a latent run's autoencoder parameters)."""
+  params = (params, guide[1]) if guide else params
+  return params if spec.autoencoder is None else (params, spec.autoencoder.params)
 
 
 def sample_images(spec: spec_lib.Spec, params, mesh, inputs: dict, record: dict,
@@ -22,13 +41,10 @@ def sample_images(spec: spec_lib.Spec, params, mesh, inputs: dict, record: dict,
   """uint8 samples, one per row of `inputs` (see sampling.inputs.gather); `guide`, a
   (spec, EMA parameters) of a weaker model, autoguides them."""
   net = net or build.model(spec)
-  guide_net = (build.model(guide[0]), guide[0].diffusion) if guide else None
-  fn = generate.make_sample_fn(net, spec.diffusion, spec.sampler, spec.image_shape, mesh,
-                               spec.cond, spec.sample_set.project, spec.guidance,
-                               spec.guidance_config, guide_net)
+  fn = make_sample_fn(spec, net, mesh, guide)
   s = spec.sample_set
-  return generate.generate(fn, (params, guide[1]) if guide else params, inputs,
-                           s.batch_size, s.seed, mesh,
+  return generate.generate(fn, sampling_params(spec, params, guide), inputs, s.batch_size,
+                           s.seed, mesh,
                            num_samples=int(record.get("count", 0)) or None)
 
 
@@ -175,4 +191,5 @@ def sample_from_workdir(config, workdir: str, given: inputs_lib.Given = inputs_l
   return path
 
 
-__all__ = ["ConfigError", "parse_guide_from", "sample_from_workdir", "sample_images", "write_sample_set"]
+__all__ = ["ConfigError", "make_sample_fn", "parse_guide_from", "sample_from_workdir",
+           "sample_images", "sampling_params", "write_sample_set"]

@@ -11,13 +11,14 @@ from typing import Any
 import ml_collections
 
 from diffusion_jax.conditioning import conditions
-from diffusion_jax.config.errors import ConfigError, Problems
+from diffusion_jax.config.errors import ConfigError, Problems, require
 from diffusion_jax.core import diffusion as diffusion_lib
 from diffusion_jax.core.guidance import GuidanceConfig
 from diffusion_jax.core.samplers import SamplerConfig
 from diffusion_jax.data.pipeline import DataConfig
 from diffusion_jax.evaluation.eval_config import EvalConfig
 from diffusion_jax.models.unet import UNetConfig
+from diffusion_jax.run import latent as latent_lib
 from diffusion_jax.sampling.generate import SampleSetConfig
 from diffusion_jax.training import mesh as mesh_lib
 from diffusion_jax.training.loop import TrainConfig
@@ -41,11 +42,23 @@ class Spec:
   guidance: dict[str, float]  # Guidance scales, by condition, in nesting order.
   guidance_config: GuidanceConfig  # Guidance interval, autoguidance scale.
   eval: EvalConfig
+  latent: latent_lib.LatentConfig
+  # The autoencoder of latent.autoencoder, loaded once the run is checked (run/build.py).
+  autoencoder: latent_lib.Autoencoder | None = None
+  kind: str = "diffusion"
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
+    """The dataset's (and the samples') images."""
     d = self.data
     return (d.image_size, d.image_size, d.channels)
+
+  @property
+  def model_shape(self) -> tuple[int, int, int]:
+    """What the U-Net denoises: the images, or their latents."""
+    if self.autoencoder is None:
+      return self.image_shape
+    return self.autoencoder.latent_shape(self.data.image_size)
 
 
 def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
@@ -67,14 +80,22 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   section("sample_set", SampleSetConfig.from_config, config.sample)
   section("guidance_config", GuidanceConfig.from_config, config.sample)
   section("eval", EvalConfig.from_config, config.eval)
+  section("latent", latent_lib.LatentConfig.from_config, config.latent)
 
   def cross(needs: tuple[str, ...], rule) -> None:
     if all(n in parsed for n in needs):
       with problems.check():
         rule(*(parsed[n] for n in needs))
 
-  cross(("model", "data"), lambda m, d: m.check_input(d.image_size, d.channels, d.num_classes))
-  cross(("cond", "model", "data"), lambda c, m, d: c.check_model(m, d.image_size, d.channels))
+  if parsed.get("latent") and parsed["latent"].autoencoder:
+    # The U-Net's input is the latent: checked against it once it is loaded (build.py).
+    cross(("cond",), lambda c: require(
+        not c.image, f"cond.image={c.image!r} with latent.autoencoder: image conditions "
+        "are not supported in latent space yet (class labels and text are)"))
+  else:
+    cross(("model", "data"),
+          lambda m, d: m.check_input(d.image_size, d.channels, d.num_classes))
+    cross(("cond", "model", "data"), lambda c, m, d: c.check_model(m, d.image_size, d.channels))
   cross(("model",), lambda m: conditions.check_guidance(config.training, config.sample, m))
   cross(("sampler", "diffusion"), lambda s, f: s.check_schedule(f.schedule))
   cross(("eval", "diffusion"), lambda e, f: e.check_diffusion(f))
@@ -85,6 +106,9 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   cross(("sample_set",), lambda s: mesh_lib.check_batch(s.batch_size, num_devices,
                                                         "sample.batch_size"))
   cross(("eval",), lambda e: mesh_lib.check_batch(e.batch_size, num_devices, "eval.batch_size"))
+  with problems.check():
+    kind = config.get("kind", "diffusion")
+    require(kind == "diffusion", f"kind={kind!r}: not a diffusion run")
   problems.raise_if_any()
   return Spec(config=config, seed=config.seed, guidance=conditions.guidance_scales(config.sample),
               dropout=conditions.dropout_rates(config.training), **parsed)

@@ -1,6 +1,7 @@
 """--mode=train: `train_and_evaluate(config, workdir)` checks everything, then trains
-(resuming from the workdir's newest readable checkpoint) and writes a sample set at
-the end. Every process runs it; process 0 holds the workdir lock and writes the logs,
+(resuming from the workdir's newest readable checkpoint) and ends as the run's kind
+says (build.KINDS: a diffusion run writes a sample set, an autoencoder run its latent
+scale). Every process runs it; process 0 holds the workdir lock and writes the logs,
 the config and the samples, and every process saves its part of the checkpoints."""
 
 import jax
@@ -10,9 +11,7 @@ from diffusion_jax.data import pipeline
 from diffusion_jax.run import build, lock as lock_lib
 from diffusion_jax.run import evaluate as evaluate_run
 from diffusion_jax.run import metadata
-from diffusion_jax.run import sample as sample_run
 from diffusion_jax.run import workdir as workdir_lib
-from diffusion_jax.sampling import inputs as inputs_lib
 from diffusion_jax.training import checkpoint, distributed, loop, mesh as mesh_lib, optimizer
 from diffusion_jax.training import preemption, state as state_lib
 from diffusion_jax.training.writer import MetricWriter
@@ -77,12 +76,10 @@ def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preemp
   net, tx = build.model(spec), build.optimizer_of(spec)
   init, key, _ = build.init_fns(spec, net, tx, mesh)
   writer = MetricWriter(str(epath.Path(workdir) / "tensorboard"), tcfg.num_steps, listeners)
-  text = pipeline.TextSpec(
-      tokenizer=tokenizer,
-      emb_key=spec.data.text_emb_key if spec.model.text == "embeddings" else "")
+  kind = build.kind_of(spec)
   it = distributed.checked(pipeline.make_iterator, spec.data, tcfg.batch_size,
-                           spec.seed, text)
-  meta = workdir_lib.model_meta(spec, tokenizer)
+                           spec.seed, kind.text(spec, tokenizer))
+  meta = kind.meta(spec, tokenizer)
   if found.latest is not None:
     step, state, position, failed = build.restore_state(spec, workdir, found, mesh,
                                                         with_iterator=True)
@@ -112,12 +109,7 @@ def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preemp
     manager.close()  # Waits for a save in progress.
     it.close()
 
-  if tcfg.sample_at_end:
-    inputs, record = distributed.checked(inputs_lib.gather, spec, inputs_lib.Given(),
-                                         tokenizer)
-    path = sample_run.write_sample_set(spec, workdir, state.ema_params, int(state.step), mesh,
-                                       inputs, record, net)
-    writer.log(f"samples: {path}")
+  kind.finish(spec, workdir, state, mesh, net, tokenizer, writer)
   writer.close()
   return state
 

@@ -15,7 +15,7 @@ from diffusion_jax.run.spec import Spec
 from diffusion_jax.training import checkpoint
 
 # What a checkpoint means: a run may not resume or sample with other values of these.
-MEANING = ("data.name", "data.image_key", "data.label_key", "data.text_key",
+MEANING = ("kind", "latent.autoencoder", "data.name", "data.image_key", "data.label_key", "data.text_key",
            "data.text_emb_key", "data.image_size", "data.channels", "data.num_classes",
            "model", "cond", "diffusion")
 # What --mode=sample/eval may change of a run's saved config (sections and fields).
@@ -50,14 +50,40 @@ def model_meta(spec: Spec, tokenizer: Tokenizer | None = None) -> dict:
           "image_size": spec.data.image_size, "channels": spec.data.channels}
   if spec.cond.image:
     meta["cond"] = {"image": spec.cond.image, "sr_factor": spec.cond.sr_factor}
+  if spec.autoencoder is not None:  # The U-Net's input is the latent of this autoencoder.
+    ae = spec.autoencoder
+    meta["latent"] = {"shape": list(spec.model_shape), "autoencoder_step": ae.step,
+                      "scaling_factor": ae.config.scaling_factor}
   if tokenizer is not None:
     meta["vocab"] = tokenizer.vocab
   return meta
 
 
-def check(spec: Spec, workdir: str, mode: str) -> checkpoint.Found:
+def model_meta_diff(saved: dict, want: dict) -> list[str]:
+  """The fields in which a diffusion checkpoint's metadata and the config's differ."""
+  saved = dict(saved)
+  if saved.get("kind", "diffusion") != want.get("kind", "diffusion"):
+    return ["kind"]
+  # Fields added after the checkpoint was written take their defaults, which build the
+  # network it was trained as.
+  saved["model"] = {**json.loads(json.dumps(vars(UNetConfig()), default=list)), **saved["model"]}
+  saved.pop("vocab", None)
+  if saved == want:
+    return []
+  diff = sorted(k for k in set(saved["model"]) | set(want["model"])
+                if saved["model"].get(k) != want["model"].get(k))
+  diff = [f"model.{k}" for k in diff]
+  diff += [k for k in ("image_size", "channels", "cond") if saved.get(k) != want.get(k)]
+  if saved.get("latent") != want.get("latent"):
+    diff.append("latent (latent.autoencoder: its latent shape, checkpoint step or scale)")
+  return diff
+
+
+def check(spec, workdir: str, mode: str, meta=model_meta, meta_diff=model_meta_diff,
+          meaning=MEANING) -> checkpoint.Found:
   """Checks the workdir against the mode and run; returns its checkpoints (the newest
-  that reads back first; newer unreadable ones are reported and skipped)."""
+  that reads back first; newer unreadable ones are reported and skipped). `meta`,
+  `meta_diff` and `meaning` are the run kind's (run/build.py: KINDS)."""
   require(bool(workdir), "--workdir is required")
   path = epath.Path(workdir)
   try:
@@ -81,22 +107,14 @@ def check(spec: Spec, workdir: str, mode: str) -> checkpoint.Found:
   if found.latest is None:
     return found
   step = found.latest
-  saved = dict(found.meta)
-  # Fields added after the checkpoint was written take their defaults, which build the
-  # network it was trained as.
-  saved["model"] = {**json.loads(json.dumps(vars(UNetConfig()), default=list)), **saved["model"]}
-  saved.pop("vocab", None)
-  want = model_meta(spec)
-  if saved != want:
-    diff = sorted(k for k in set(saved["model"]) | set(want["model"])
-                  if saved["model"].get(k) != want["model"].get(k))
-    diff = [f"model.{k}" for k in diff]
-    diff += [k for k in ("image_size", "channels", "cond") if saved.get(k) != want.get(k)]
+  want = meta(spec)
+  diff = meta_diff(dict(found.meta), want)
+  if diff:
     raise ConfigError(f"workdir {workdir!r} holds a checkpoint (step {step}) of an "
                       f"incompatible model: {', '.join(diff)} differ; use a new workdir")
   previous = files.load_saved(workdir)
   if previous is not None:
-    diff = changed(previous, spec.config, MEANING)
+    diff = changed(previous, spec.config, meaning)
     require(not diff, f"workdir {workdir!r} holds a checkpoint (step {step}) trained with "
             f"other values of {', '.join(diff)} (see {files.saved_config_paths(workdir)[-1]}); "
             "they change what the checkpoint means: use the run's values or a new workdir")

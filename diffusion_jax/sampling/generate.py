@@ -45,7 +45,8 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
                    image_shape: tuple, mesh, cond_cfg=conditions.NO_IMAGE,
                    project: bool = False, scales: dict | None = None,
                    guidance_cfg: guidance.GuidanceConfig = guidance.GuidanceConfig(),
-                   guide: tuple[UNet, diffusion.Diffusion] | None = None
+                   guide: tuple[UNet, diffusion.Diffusion] | None = None,
+                   decode: Callable | None = None
                    ) -> Callable[[object, jax.Array, dict], jax.Array]:
   """A compiled fn(params, key, inputs) -> images in [-1, 1], sharded over `data`.
 
@@ -55,11 +56,16 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
   guidance scales by condition (conditions.guidance_scales); none = unguided.
   `guidance_cfg` limits guidance to an interval of noise levels and scales
   autoguidance by `guide`, the (network, process) of a weaker model of the same task:
-  `params` are then (the model's, the guide's)."""
+  `params` are then (the model's, the guide's).
+
+  Latent diffusion: `image_shape` is the latent's, and `decode(decoder_params, z)`
+  turns the samples into images; params is then (the above, decoder params)."""
   mcfg = model.config
   null = lambda cond, which: conditions.null(cond, which, mcfg.num_classes)
 
   def fn(params, key, inputs):
+    if decode is not None:
+      params, decoder_params = params
     params, guide_params = params if guide else (params, None)
     apply = lambda x, t, cond: model.apply({"params": params}, x, t, cond)
     guide_denoise = None
@@ -76,7 +82,7 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
     if project and cond_cfg.image:
       x = jnp.clip(conditions.IMAGE_CONDITIONS[cond_cfg.image].project(x, inputs, cond_cfg),
                    -1.0, 1.0)
-    return x
+    return x if decode is None else decode(decoder_params, x)
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
   return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=data)

@@ -11,11 +11,19 @@ from diffusion_jax.core import diffusion
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.training.state import TrainState
 
+# fold_in index of the key that draws latents from the encoder (latent diffusion).
+ENCODE_STREAM = 1 << 20
+
 
 def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusion.Diffusion,
-                    ema_decay: float, dropout: dict, cond_cfg=None, microbatches: int = 1
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    ema_decay: float, dropout: dict, cond_cfg=None, microbatches: int = 1,
+                    encode: Callable | None = None
+                    ) -> Callable[..., tuple[TrainState, dict]]:
   """Builds train_step(state, batch) -> (state, metrics).
+
+  With `encode(encoder_params, images, key) -> latents` (latent diffusion), the step
+  is train_step(state, batch, encoder_params): the batch's images are encoded first
+  (with a key of their own) and the network learns to denoise the latents.
 
   `dropout` maps each condition ("labels", "text", "image") to the probability that
   it is replaced by its null (classifier-free guidance); `cond_cfg` is the config's
@@ -39,8 +47,12 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
   mcfg = model.config
   cond_cfg = cond_cfg if cond_cfg is not None else conditions.NO_IMAGE
 
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: dict, encoder_params=None
+                 ) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if encode is not None:  # A stream apart: the pixel runs' streams stay as they were.
+      batch = {**batch, "image": encode(encoder_params, batch["image"],
+                                        jax.random.fold_in(key, ENCODE_STREAM))}
     loss_key, dropout_key, drop_key, degrade_key = jax.random.split(key, 4)
     inputs = dict(batch)
     if cond_cfg.image:
@@ -61,24 +73,33 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
       noise = diffusion.draw_noise(diff, batch["image"], loss_key)
       loss, grads = _accumulated(model, diff, state.params, (batch["image"], noise, cond),
                                  dropout_key, microbatches)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                       state.ema_params, params)
-    grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, ema, opt_state))
-    metrics = {"loss": loss, "grad_norm": grad_norm,
-               "skipped": 1.0 - ok.astype(jnp.float32)}
-    # One conditional over the whole update: a select per leaf makes XLA's CPU
-    # compiler take minutes and gigabytes for the tiny test U-Net.
-    params, ema, opt_state = jax.lax.cond(
-        ok, lambda: (params, ema, opt_state),
-        lambda: (state.params, state.ema_params, state.opt_state))
-    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                              opt_state=opt_state)
-    return new_state, metrics
+    return apply_gradients(state, loss, grads, tx, ema_decay)
 
   return train_step
+
+
+def apply_gradients(state: TrainState, loss: jax.Array, grads, tx: optax.GradientTransformation,
+                    ema_decay: float, metrics: dict | None = None
+                    ) -> tuple[TrainState, dict]:
+  """One optimizer update of every parameter with `grads`, and the EMA; an update with
+  a non-finite loss, gradient or result is skipped (the state stays, the step counts).
+  Returns (new state, metrics: loss, grad_norm, skipped and `metrics`)."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                     state.ema_params, params)
+  grad_norm = optax.global_norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, ema, opt_state))
+  metrics = {**(metrics or {}), "loss": loss, "grad_norm": grad_norm,
+             "skipped": 1.0 - ok.astype(jnp.float32)}
+  # One conditional over the whole update: a select per leaf makes XLA's CPU
+  # compiler take minutes and gigabytes for the tiny test U-Net.
+  params, ema, opt_state = jax.lax.cond(
+      ok, lambda: (params, ema, opt_state),
+      lambda: (state.params, state.ema_params, state.opt_state))
+  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
+                            opt_state=opt_state)
+  return new_state, metrics
 
 
 def _accumulated(model: UNet, diff: diffusion.Diffusion, params, examples, dropout_key,

@@ -33,12 +33,36 @@ def abstract_apply(config, batch=2):
   return variables["params"], out
 
 
+# Latent configs: the config of the autoencoder run their latent.autoencoder names.
+LATENT_AUTOENCODERS = {"photo_latent.py": "photo_autoencoder.py"}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_every_config_validates_and_has_the_right_output_shape(path):
+  from diffusion_jax.models import autoencoder as ae_lib
+  from diffusion_jax.run import autoencoder as ae_run, build
   config = load_config(path)
-  spec_lib.parse(config, num_devices=1)
-  params, out = abstract_apply(config)
   d = config.data
+  spec = build.kind_of(config).parse(config, num_devices=1)
+  if spec.kind == "autoencoder":  # Reconstructions of the images, through latents.
+    net = ae_lib.AutoencoderKL(spec.autoencoder)
+    x = jnp.zeros((2, d.image_size, d.image_size, d.channels))
+    out, posterior = jax.eval_shape(lambda p: net.apply({"params": p}, x),
+                                    ae_lib.param_shapes(spec.autoencoder))
+    assert out.shape == x.shape and posterior.mean.shape[1:] == (
+        d.image_size // spec.autoencoder.factor, d.image_size // spec.autoencoder.factor,
+        spec.autoencoder.latent_channels)
+    return
+  if config.latent.autoencoder:  # The U-Net's input is the latent of its autoencoder.
+    ae_config = load_config(os.path.join(ROOT, "configs", LATENT_AUTOENCODERS[os.path.basename(path)]))
+    ae = ae_run.parse(ae_config, 1).autoencoder
+    assert ae_config.data.name == d.name and ae_config.data.image_size == d.image_size
+    spec = spec_lib.parse(config, num_devices=1)
+    # As run/build.py does once the autoencoder is loaded: out_channels is the latent's.
+    d.image_size, d.channels = d.image_size // ae.factor, ae.latent_channels
+    spec.model.__class__(**{**vars(spec.model), "out_channels": ae.latent_channels}
+                         ).check_input(d.image_size, d.channels, d.num_classes)
+  params, out = abstract_apply(config)
   assert out.shape == (2, d.image_size, d.image_size, d.channels)
   assert out.dtype == jnp.float32
   assert count_params(params) > 0

@@ -114,6 +114,53 @@ def prepare_inputs(workspace: str) -> None:
         os.path.join(folder, f"{i}.{'png' if i % 3 else 'jpg'}"))
 
 
+def prepare_vae(workspace: str) -> None:
+  """docs/latent.md's diffusers model directory: a tiny AutoencoderKL (f = 4, RGB) with
+  random weights, in diffusers' layout."""
+  import json
+  from safetensors.numpy import save_file
+  from diffusion_jax.models.autoencoder import AutoencoderConfig
+  from tests.models.test_autoencoder import rand_params, to_torch_layout
+  cfg = AutoencoderConfig(block_out_channels=(4, 4, 4), layers_per_block=1, norm_num_groups=4)
+  folder = os.path.join(workspace, "sd-vae-ft-mse")
+  os.makedirs(folder)
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump({"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
+               "block_out_channels": list(cfg.block_out_channels), "layers_per_block": 1,
+               "latent_channels": 4, "norm_num_groups": 4, "scaling_factor": 0.18215,
+               "down_block_types": ["DownEncoderBlock2D"] * 3,
+               "up_block_types": ["UpDecoderBlock2D"] * 3}, f)
+  save_file(to_torch_layout(rand_params(cfg)),
+            os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+
+
+def _captured(fn, argv: list[str]):
+  """fn(argv) -> exit status, in this process, its output captured."""
+  import contextlib
+  import io
+  from tests.conftest import Result
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = fn(argv)
+  return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_convert_vae(argv: list[str]):
+  from diffusion_jax.models import convert_vae
+  return _captured(convert_vae.main, argv)
+
+
+def run_latent_scale(argv: list[str]):
+  from diffusion_jax.run import latent_scale
+  return _captured(latent_scale.run, ["diffusion_jax.run.latent_scale", *argv])
+
+
+def shrunk_scale(argv: list[str], data_dir: str) -> list[str]:
+  """The config's :runlocal variant (a tiny dataset) and one small batch."""
+  argv = [f"{a}:runlocal" if a.startswith("--config=") and ":" not in a else a for a in argv]
+  return argv + ["--config.latent.scale_batches=1", "--config.training.batch_size=8"]
+
+
 def run_sweep(argv: list[str]):
   """`python -m diffusion_jax.sweep ARGV` in this process, its output captured."""
   import contextlib
@@ -132,6 +179,8 @@ RUNNERS = {
     "diffusion_jax.main": (shrunk, run_main),
     "diffusion_jax.reproduce": (lambda argv, data_dir: argv, run_reproduce),
     "diffusion_jax.sweep": (shrunk, run_sweep),
+    "diffusion_jax.models.convert_vae": (lambda argv, data_dir: argv, run_convert_vae),
+    "diffusion_jax.run.latent_scale": (shrunk_scale, run_latent_scale),
 }
 
 
@@ -139,6 +188,7 @@ def run_all(workspace: str) -> list[tuple[str, list[str], object]]:
   """Runs every documented command in order in `workspace`: (page, argv, result)."""
   os.symlink(os.path.join(ROOT, "configs"), os.path.join(workspace, "configs"))
   prepare_inputs(workspace)
+  prepare_vae(workspace)
   cifar_dir = os.path.join(workspace, "tfds")
   prepare_cifar10(cifar_dir)
   results = []
