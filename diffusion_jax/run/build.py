@@ -74,25 +74,28 @@ def train_step(spec: spec_lib.Spec, net: UNet, tx):
                          spec.cond, spec.training.microbatches)
 
 
-def jitted_train_step(spec: spec_lib.Spec, net: UNet, tx, mesh):
-  """The train step as training runs it: the state replicated (and donated), the
-  batch split over the mesh's data axis."""
+def jitted_train_step(spec: spec_lib.Spec, net: UNet, tx, mesh, abstract=None):
+  """The train step as training runs it: the state in its shardings (replicated, or
+  split over the mesh's fsdp axis) and donated, the batch split over all devices.
+  `abstract` is init_fns' abstract state, if at hand (else traced again)."""
+  abstract = abstract if abstract is not None else init_fns(spec, net, tx, mesh)[2]
+  state = jax.tree.map(lambda x: x.sharding, abstract)
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  return jax.jit(train_step(spec, net, tx), in_shardings=(repl, data),
-                 out_shardings=(repl, repl), donate_argnums=(0,))
+  return jax.jit(train_step(spec, net, tx), in_shardings=(state, data),
+                 out_shardings=(state, repl), donate_argnums=(0,))
 
 
 def init_fns(spec: spec_lib.Spec, net: UNet, tx, mesh):
-  """A compiled initialiser, its key, and the abstract (sharded) state it produces."""
-  repl = mesh_lib.replicated(mesh)
-  init = jax.jit(functools.partial(state_lib.create_train_state, model=net, tx=tx,
-                                   image_size=spec.data.image_size,
-                                   channels=spec.data.channels),
-                 out_shardings=repl)
+  """A compiled initialiser, its key, and the abstract (sharded) state it produces:
+  each array in the sharding mesh.state_shardings gives it on `mesh`."""
+  create = functools.partial(state_lib.create_train_state, model=net, tx=tx,
+                             image_size=spec.data.image_size, channels=spec.data.channels)
   key = jax.random.key(spec.seed)
-  abstract = jax.eval_shape(init, key)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-                          abstract)
+  shapes = jax.eval_shape(create, key)
+  shardings = mesh_lib.state_shardings(shapes, mesh, spec.mesh.fsdp_min_size)
+  init = jax.jit(create, out_shardings=shardings)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, shardings)
   return init, key, abstract
 
 
@@ -143,6 +146,7 @@ def restore_run(workdir: str, mesh, config=None):
   if config is None:
     raise ConfigError(f"{workdir!r} holds no saved config: not a diffusion_jax workdir")
   spec, found, tokenizer = checked(config, workdir, "sample", mesh.devices.size)
+  mesh = mesh_lib.with_fsdp(mesh, spec.mesh.fsdp)
   return spec, load_state(spec, workdir, found, mesh), tokenizer
 
 

@@ -57,6 +57,7 @@ def sample_from_workdir(config, workdir: str, given: inputs_lib.Given = inputs_l
   super-resolution model then takes as its input."""
   mesh = mesh or mesh_lib.make_mesh()
   spec, found, tokenizer = build.checked(config, workdir, "sample", mesh.devices.size)
+  mesh = mesh_lib.with_fsdp(mesh, spec.mesh.fsdp)
   build.use_compilation_cache(spec, workdir)
   if cascade_from:
     base_spec, base_found, base_tok = distributed.checked(_cascade_base, spec, cascade_from,

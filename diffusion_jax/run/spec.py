@@ -39,6 +39,7 @@ class Spec:
   sample_set: SampleSetConfig
   guidance: dict[str, float]  # Guidance scales, by condition, in nesting order.
   eval: EvalConfig
+  mesh: mesh_lib.MeshConfig
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -64,6 +65,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   section("sampler", SamplerConfig.from_config, config.sample)
   section("sample_set", SampleSetConfig.from_config, config.sample)
   section("eval", EvalConfig.from_config, config.eval)
+  section("mesh", mesh_lib.MeshConfig.from_config, config.mesh)
 
   def cross(needs: tuple[str, ...], rule) -> None:
     if all(n in parsed for n in needs):
@@ -79,6 +81,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   cross(("training",), lambda t: mesh_lib.check_batch(t.batch_size, num_devices,
                                                       "training.batch_size"))
   cross(("training",), lambda t: t.check_devices(num_devices))
+  cross(("mesh",), lambda m: m.check_devices(num_devices))
   cross(("sample_set",), lambda s: mesh_lib.check_batch(s.batch_size, num_devices,
                                                         "sample.batch_size"))
   cross(("eval",), lambda e: mesh_lib.check_batch(e.batch_size, num_devices, "eval.batch_size"))

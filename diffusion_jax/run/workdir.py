@@ -19,7 +19,7 @@ MEANING = ("data.name", "data.image_key", "data.label_key", "data.text_key",
            "data.text_emb_key", "data.image_size", "data.channels", "data.num_classes",
            "model", "cond", "diffusion")
 # What --mode=sample/eval may change of a run's saved config (sections and fields).
-SAMPLING_FIELDS = ("sample", "eval", "data.data_dir")
+SAMPLING_FIELDS = ("sample", "eval", "data.data_dir", "mesh")
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict:

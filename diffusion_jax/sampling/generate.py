@@ -55,6 +55,7 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
   null = lambda cond, which: conditions.null(cond, which, mcfg.num_classes)
 
   def fn(params, key, inputs):
+    params = mesh_lib.gathered(params, mesh)  # Once per call, not in every sampler step.
     apply = lambda x, t, cond: model.apply({"params": params}, x, t, cond)
     denoise = guidance.guided(diffusion.make_denoiser(apply, diff), scales or {}, null)
     cond = conditions.make_cond(mcfg, cond_cfg, inputs, image_shape[0])
@@ -65,8 +66,9 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
                    -1.0, 1.0)
     return x
 
+  # The parameters stay in the shardings they come in (replicated, or split over fsdp).
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=data)
+  return jax.jit(fn, in_shardings=(None, repl, data), out_shardings=data)
 
 
 def generate(sample_fn, params, inputs: dict, batch_size: int, seed: int,
