@@ -42,9 +42,13 @@ def test_cifar10_state_per_device_drops_by_the_fsdp_factor():
   whole = per_device[1]
   assert whole["params"] == 35_746_307 * 4  # Replicated: every device holds all of it.
   for k, b in per_device[8].items():
-    # An eighth, but for the small arrays the rule leaves replicated (< 1% here).
-    assert whole[k] / 8 <= b < 1.01 * whole[k] / 8, (k, b, whole[k])
-  print({k: f"{whole[k] / b:.3f}x" for k, b in per_device[8].items()})
+    # An eighth, but for the small arrays the rule leaves replicated (217 biases, norm
+    # scales and the 3-channel input and output kernels: 0.17% of the parameters).
+    assert 7.8 < whole[k] / b <= 8, (k, b, whole[k])
+  total = lambda d: sum(d.values())
+  print(f"state per device: {total(whole) / 1e6:.1f} MB with fsdp=1, "
+        f"{total(per_device[8]) / 1e6:.1f} MB with fsdp=8 "
+        f"({total(whole) / total(per_device[8]):.2f}x less)")
 
 
 @pytest.mark.parametrize("fsdp,error", [
