@@ -100,7 +100,8 @@ def compile_report(config, topology: str) -> Report:
   net, tx = build.model(spec), build.optimizer_of(spec)
   _, _, abstract = build.init_fns(spec, net, tx, mesh)
   batch = abstract_batch(spec, net, mesh)
-  compiled = build.jitted_train_step(spec, net, tx, mesh, abstract).lower(abstract, batch).compile()
+  step = build.jitted_train_step(spec, net, tx, mesh, abstract)
+  compiled = step.lower(abstract, batch).compile()
   m = compiled.memory_analysis()
   kind = devices[0].device_kind
   return Report(topology=topology, device_kind=kind, num_devices=len(devices),

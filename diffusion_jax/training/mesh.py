@@ -2,13 +2,13 @@
 (FSDP / ZeRO-3).
 
 The mesh has two axes, `data` x `fsdp` (`mesh.fsdp` devices on `fsdp`, the rest on
-`data`; the default fsdp = 1 is pure data parallelism). Training and sampling are plain `jax.jit`
-programs over global arrays: the batch is split over both axes, and each array of the
-train state (parameters, EMA, optimizer state) is either replicated or split over
-`fsdp` by `fsdp_spec`'s rule, which reads only the array's shape. XLA inserts the
-gradient all-reduce (or, for split arrays, the all-gathers and reduce-scatters). The
-same code runs on 1 device, 8 local devices, or a multi-host pod where each process
-feeds its own slice of the global batch.
+`data`; the default fsdp = 1 is pure data parallelism). Training and sampling are
+plain `jax.jit` programs over global arrays: the batch is split over both axes, and
+each array of the train state (parameters, EMA, optimizer state) is either replicated
+or split over `fsdp` by `fsdp_spec`'s rule, which reads only the array's shape. XLA
+inserts the gradient all-reduce (or, for split arrays, the all-gathers and
+reduce-scatters). The same code runs on 1 device, 8 local devices, or a multi-host pod
+where each process feeds its own slice of the global batch.
 """
 
 import dataclasses
