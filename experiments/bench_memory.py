@@ -1,10 +1,14 @@
 """Peak memory of the DDPM CIFAR-10 U-Net's train step (35.7M parameters) under
-rematerialisation, bf16 compute and gradient accumulation, from the compiled
-program's memory analysis (nothing is run: the step is lowered on abstract inputs).
+rematerialisation, bf16 compute, gradient accumulation and a train state split over
+devices (mesh.fsdp), from the compiled program's memory analysis (nothing is run: the
+step is lowered on abstract inputs).
 
   JAX_PLATFORMS=cpu python experiments/bench_memory.py --batch=32
   python experiments/bench_memory.py --batch=128 --topology=v5e:2x2  # TPU, compiled here
   JAX_PLATFORMS=cpu python experiments/bench_memory.py --probe  # Does remat save here?
+  # The state split 8 ways, on 8 simulated CPU devices (the baseline on the same 8):
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
+      python experiments/bench_memory.py --batch=64 --devices=8 --variants=baseline,fsdp=8
 
 Prints one JSON line per variant: the compiled step's temporary buffers, its
 arguments and outputs, and their sum (the peak the program needs besides code), per
@@ -37,6 +41,9 @@ VARIANTS = {
     "remat=dots_saveable": {"model.remat": "dots_saveable"},
     "dtype=bfloat16": {"model.dtype": "bfloat16"},
     "microbatches=4": {"training.microbatches": 4},
+    # Need --devices (or a --topology) of a multiple of 4 / 8 devices.
+    "fsdp=4": {"mesh.fsdp": 4},
+    "fsdp=8": {"mesh.fsdp": 8},
 }
 
 
@@ -55,7 +62,7 @@ def cpu_model() -> str:
 
 
 def memory(batch: int, overrides: dict, topology: str = "",
-           config_file: str = "configs/cifar10_ddpm.py") -> dict:
+           config_file: str = "configs/cifar10_ddpm.py", devices: int = 1) -> dict:
   config = config_lib.load(os.path.join(ROOT, config_file))
   config.training.batch_size = batch
   for key, value in overrides.items():
@@ -66,12 +73,13 @@ def memory(batch: int, overrides: dict, topology: str = "",
     r = check.compile_report(config, topology)
     sizes = (r.temporaries, r.arguments, r.outputs, r.aliased)
   else:
-    mesh = mesh_lib.make_mesh(1)
-    spec = spec_lib.parse(config, 1)
+    spec = spec_lib.parse(config, devices)
+    mesh = mesh_lib.make_mesh(devices, fsdp=spec.mesh.fsdp)
     net, tx = build.model(spec), build.optimizer_of(spec)
     _, _, state = build.init_fns(spec, net, tx, mesh)
     batch_spec = check.abstract_batch(spec, net, mesh)
-    compiled = build.jitted_train_step(spec, net, tx, mesh).lower(state, batch_spec).compile()
+    compiled = build.jitted_train_step(spec, net, tx, mesh, state).lower(
+        state, batch_spec).compile()
     m = compiled.memory_analysis()
     sizes = (m.temp_size_in_bytes, m.argument_size_in_bytes, m.output_size_in_bytes,
              m.alias_size_in_bytes)
@@ -115,7 +123,9 @@ def main() -> None:
   parser.add_argument("--topology", default="",
                       help="a TPU topology (libtpu's names: v5e:2x2, v4:2x2x1, ...); "
                       "the batch is global, split over its devices")
-  parser.add_argument("--variants", default=",".join(VARIANTS),
+  parser.add_argument("--devices", type=int, default=1,
+                      help="local devices the batch and state are split over (no --topology)")
+  parser.add_argument("--variants", default=",".join(v for v in VARIANTS if "fsdp" not in v),
                       help=f"comma-separated, of {list(VARIANTS)}")
   parser.add_argument("--probe", action="store_true",
                       help="only the jax.checkpoint probe of this backend (remat_probe)")
@@ -125,10 +135,11 @@ def main() -> None:
       print(json.dumps({"target": jax.default_backend(), **row}), flush=True)
     return
   print(json.dumps({"cpu": cpu_model(), "target": args.topology or jax.default_backend(),
-                    "config": args.config, "jax": jax.__version__, "batch": args.batch}),
+                    "config": args.config, "jax": jax.__version__, "batch": args.batch,
+                    "devices": args.devices}),
                    flush=True)
   for name in args.variants.split(","):
-    row = memory(args.batch, VARIANTS[name], args.topology, args.config)
+    row = memory(args.batch, VARIANTS[name], args.topology, args.config, args.devices)
     print(json.dumps({"variant": name, **row}), flush=True)
 
 

@@ -164,6 +164,14 @@ def get_config() -> ml_collections.ConfigDict:
   # refreshed it for this long is taken over (on this host: when its process is gone).
   t.lock_stale_minutes = 30.0
 
+  # --- Device mesh: data x fsdp (docs/pods.md). The batch is split over all devices.
+  c.mesh = g = ml_collections.ConfigDict()
+  # Devices on the fsdp axis (divides the device count): parameters, EMA and optimizer
+  # state are split over them (FSDP / ZeRO-3; training.mesh.fsdp_spec's rule by shape),
+  # the rest of the devices hold copies; 1 = pure data parallelism (all replicated).
+  g.fsdp = 1
+  g.fsdp_min_size = 4096  # Arrays of fewer elements stay replicated (biases, norm scales).
+
   # --- Optimizer: AdamW with warmup and global-norm clipping.
   c.optim = o = ml_collections.ConfigDict()
   o.lr = 2e-3  # Peak learning rate.

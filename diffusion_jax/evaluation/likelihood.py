@@ -37,13 +37,15 @@ def make_nll_fn(model, diff: diffusion.Diffusion, cfg, mesh):
   num_classes = model.config.num_classes
 
   def fn(params, images, labels, key):
+    params = mesh_lib.gathered(params, mesh)
     apply = lambda x, t, cond: model.apply({"params": params}, x, t, cond)
     denoise = diffusion.make_denoiser(apply, diff)
     cond = Cond(labels=labels if num_classes else None)
     return METHODS[cfg.method](denoise, diff, images, cond, key, cfg)
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  return jax.jit(fn, in_shardings=(repl, data, data, repl), out_shardings=data)
+  # The parameters stay in the shardings they come in (replicated, or split over fsdp).
+  return jax.jit(fn, in_shardings=(None, data, data, repl), out_shardings=data)
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:

@@ -9,10 +9,8 @@ Exit status 0 if it fits, 1 if not, 2 on a bad input.
 import dataclasses
 
 import jax
-import numpy as np
 from absl import flags
 from jax.experimental import topologies
-from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from diffusion_jax.config.errors import ConfigError, require
@@ -84,7 +82,7 @@ def topology_devices(name: str) -> list:
 
 
 def abstract_batch(spec: spec_lib.Spec, net, mesh) -> dict:
-  """The shapes of a global training batch, sharded over the mesh's data axis."""
+  """The shapes of a global training batch, split over all devices of the mesh."""
   b = spec.training.batch_size
   x, _, cond = state_lib.dummy_inputs(net, b, spec.data.image_size, spec.data.channels)
   arrays = {"image": x, "label": cond.labels, "tokens": cond.tokens,
@@ -97,15 +95,16 @@ def abstract_batch(spec: spec_lib.Spec, net, mesh) -> dict:
 def compile_report(config, topology: str) -> Report:
   """Compiles the train step for `topology` and reads its memory use."""
   devices = topology_devices(topology)
-  mesh = Mesh(np.asarray(devices), (mesh_lib.DATA_AXIS,))
   spec = spec_lib.parse(config, len(devices))
   # Its U-Net's shapes come from the autoencoder, which this check does not load.
   require(not spec.latent.autoencoder, "check: latent diffusion configs (latent.autoencoder) "
           "are not supported yet")
+  mesh = mesh_lib.make_mesh(fsdp=spec.mesh.fsdp, devices=devices)
   net, tx = build.model(spec), build.optimizer_of(spec)
   _, _, abstract = build.init_fns(spec, net, tx, mesh)
   batch = abstract_batch(spec, net, mesh)
-  compiled = build.jitted_train_step(spec, net, tx, mesh).lower(abstract, batch).compile()
+  step = build.jitted_train_step(spec, net, tx, mesh, abstract)
+  compiled = step.lower(abstract, batch).compile()
   m = compiled.memory_analysis()
   kind = devices[0].device_kind
   return Report(topology=topology, device_kind=kind, num_devices=len(devices),

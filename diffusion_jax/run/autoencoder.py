@@ -47,6 +47,7 @@ class AutoencoderSpec:
   optim: OptimConfig
   eval: EvalConfig  # Only so that the run machinery finds every_steps = 0.
   scale_batches: int
+  mesh: mesh_lib.MeshConfig
   lpips: dict | None = None  # Loaded LPIPS weights (loss.perceptual_weight > 0).
   kind: str = KIND
 
@@ -85,6 +86,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> AutoencoderSpe
   section("training", TrainConfig.from_config, config.training)
   section("optim", OptimConfig.from_config, config.optim)
   section("eval", EvalConfig.from_config, config.eval)
+  section("mesh", mesh_lib.MeshConfig.from_config, config.mesh)
   section("loss", loss_config, config.autoencoder_loss)
   if "data" in parsed:
     section("autoencoder", architecture, config.autoencoder, parsed["data"].channels)

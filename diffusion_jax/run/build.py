@@ -191,29 +191,34 @@ def encoder_params(spec):
   return ae.params if isinstance(ae, latent_lib.Autoencoder) else None
 
 
-def jitted_train_step(spec, net, tx, mesh):
-  """The train step as training runs it: the state replicated (and donated), the
-  batch split over the mesh's data axis; a latent run's autoencoder parameters are
-  an argument (replicated), not constants of the program."""
+def jitted_train_step(spec, net, tx, mesh, abstract=None):
+  """The train step as training runs it: the state in its shardings (replicated, or
+  split over the mesh's fsdp axis) and donated, the batch split over all devices; a
+  latent run's autoencoder parameters are an argument (replicated), not constants of
+  the program. `abstract` is init_fns' abstract state, if at hand (else traced again)."""
+  abstract = abstract if abstract is not None else init_fns(spec, net, tx, mesh)[2]
+  state = jax.tree.map(lambda x: x.sharding, abstract)
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
   ae_params = encoder_params(spec)
   if ae_params is None:
-    return jax.jit(train_step(spec, net, tx), in_shardings=(repl, data),
-                   out_shardings=(repl, repl), donate_argnums=(0,))
-  step = jax.jit(train_step(spec, net, tx), in_shardings=(repl, data, repl),
-                 out_shardings=(repl, repl), donate_argnums=(0,))
+    return jax.jit(train_step(spec, net, tx), in_shardings=(state, data),
+                   out_shardings=(state, repl), donate_argnums=(0,))
+  step = jax.jit(train_step(spec, net, tx), in_shardings=(state, data, repl),
+                 out_shardings=(state, repl), donate_argnums=(0,))
   ae_params = jax.device_put(ae_params, repl)
   return lambda state, batch: step(state, batch, ae_params)
 
 
 def init_fns(spec, net, tx, mesh):
-  """A compiled initialiser, its key, and the abstract (sharded) state it produces."""
-  repl = mesh_lib.replicated(mesh)
-  init = jax.jit(kind_of(spec).init_state(spec, net, tx), out_shardings=repl)
+  """A compiled initialiser, its key, and the abstract (sharded) state it produces:
+  each array in the sharding mesh.state_shardings gives it on `mesh`."""
+  create = kind_of(spec).init_state(spec, net, tx)
   key = jax.random.key(spec.seed)
-  abstract = jax.eval_shape(init, key)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-                          abstract)
+  shapes = jax.eval_shape(create, key)
+  shardings = mesh_lib.state_shardings(shapes, mesh, spec.mesh.fsdp_min_size)
+  init = jax.jit(create, out_shardings=shardings)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, shardings)
   return init, key, abstract
 
 
@@ -264,6 +269,7 @@ def restore_run(workdir: str, mesh, config=None):
   if config is None:
     raise ConfigError(f"{workdir!r} holds no saved config: not a diffusion_jax workdir")
   spec, found, tokenizer = checked(config, workdir, "sample", mesh.devices.size)
+  mesh = mesh_lib.with_fsdp(mesh, spec.mesh.fsdp)
   return spec, load_state(spec, workdir, found, mesh), tokenizer
 
 

@@ -174,6 +174,7 @@ def evaluate(config, workdir: str, mesh=None) -> dict:
   """--mode=eval: the configured metrics of the latest checkpoint's EMA parameters."""
   mesh = mesh or mesh_lib.make_mesh()
   spec, found, tokenizer = build.checked(config, workdir, "eval", mesh.devices.size)
+  mesh = mesh_lib.with_fsdp(mesh, spec.mesh.fsdp)
   build.use_compilation_cache(spec, workdir)
   evaluation = distributed.checked(Evaluation, spec, workdir, mesh, tokenizer)
   state = build.load_state(spec, workdir, found, mesh)

@@ -154,6 +154,7 @@ def sample_from_workdir(config, workdir: str, given: inputs_lib.Given = inputs_l
   (sample.autoguidance_scale)."""
   mesh = mesh or mesh_lib.make_mesh()
   spec, found, tokenizer = build.checked(config, workdir, "sample", mesh.devices.size)
+  mesh = mesh_lib.with_fsdp(mesh, spec.mesh.fsdp)
   scale = spec.guidance_config.autoguidance_scale
   require(guide_from or scale == 1.0, f"sample.autoguidance_scale={scale} needs a guide "
           "model: --guide_from=WORKDIR[:STEP]")

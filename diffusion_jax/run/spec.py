@@ -43,6 +43,7 @@ class Spec:
   guidance_config: GuidanceConfig  # Guidance interval, autoguidance scale.
   eval: EvalConfig
   latent: latent_lib.LatentConfig
+  mesh: mesh_lib.MeshConfig
   # The autoencoder of latent.autoencoder, loaded once the run is checked (run/build.py).
   autoencoder: latent_lib.Autoencoder | None = None
   kind: str = "diffusion"
@@ -81,6 +82,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   section("guidance_config", GuidanceConfig.from_config, config.sample)
   section("eval", EvalConfig.from_config, config.eval)
   section("latent", latent_lib.LatentConfig.from_config, config.latent)
+  section("mesh", mesh_lib.MeshConfig.from_config, config.mesh)
 
   def cross(needs: tuple[str, ...], rule) -> None:
     if all(n in parsed for n in needs):
@@ -103,6 +105,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   cross(("training",), lambda t: mesh_lib.check_batch(t.batch_size, num_devices,
                                                       "training.batch_size"))
   cross(("training",), lambda t: t.check_devices(num_devices))
+  cross(("mesh",), lambda m: m.check_devices(num_devices))
   cross(("sample_set",), lambda s: mesh_lib.check_batch(s.batch_size, num_devices,
                                                         "sample.batch_size"))
   cross(("eval",), lambda e: mesh_lib.check_batch(e.batch_size, num_devices, "eval.batch_size"))

@@ -49,6 +49,7 @@ def train_and_evaluate(config, workdir: str, mesh=None, hooks=(), listeners=(),
   training.loop.Preempted; the same call resumes."""
   mesh = mesh or mesh_lib.make_mesh()
   spec, found, tokenizer = build.checked(config, workdir, "train", mesh.devices.size)
+  mesh = mesh_lib.with_fsdp(mesh, spec.mesh.fsdp)
   # Periodic evaluation (eval.every_steps) checks its weights, reference and inputs now.
   periodic = (distributed.checked(evaluate_run.PeriodicEvaluation, spec, workdir, mesh,
                                   tokenizer) if spec.eval.every_steps else None)
@@ -74,7 +75,7 @@ def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preemp
     workdir_lib.save_config(spec.config, workdir, found.latest)
   metadata.record(workdir, spec, "train", found.latest)
   net, tx = build.model(spec), build.optimizer_of(spec)
-  init, key, _ = build.init_fns(spec, net, tx, mesh)
+  init, key, abstract = build.init_fns(spec, net, tx, mesh)
   writer = MetricWriter(str(epath.Path(workdir) / "tensorboard"), tcfg.num_steps, listeners)
   kind = build.kind_of(spec)
   it = distributed.checked(pipeline.make_iterator, spec.data, tcfg.batch_size,
@@ -91,11 +92,12 @@ def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preemp
     writer.log(f"new run in {workdir}")
   manager = checkpoint.make_manager(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoints)
 
-  step_fn = build.jitted_train_step(spec, net, tx, mesh)
+  step_fn = build.jitted_train_step(spec, net, tx, mesh, abstract)
   lr_fn = optimizer.learning_rate_schedule(spec.optim, tcfg.num_steps)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   writer.log(f"{n_params:,} parameters, {jax.process_count()} process"
-             f"{'es' if jax.process_count() > 1 else ''}, {mesh.devices.size} devices, "
+             f"{'es' if jax.process_count() > 1 else ''}, {mesh.devices.size} devices "
+             f"(data {mesh.shape[mesh_lib.DATA_AXIS]} x fsdp {mesh_lib.fsdp_size(mesh)}), "
              f"global batch {tcfg.batch_size}, steps {int(state.step)}->{tcfg.num_steps}")
   all_hooks = [*hooks, lock.refresh] if lock is not None else list(hooks)
   try:

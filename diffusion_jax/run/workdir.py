@@ -19,7 +19,7 @@ MEANING = ("kind", "latent.autoencoder", "data.name", "data.image_key", "data.la
            "data.text_emb_key", "data.image_size", "data.channels", "data.num_classes",
            "model", "cond", "diffusion")
 # What --mode=sample/eval may change of a run's saved config (sections and fields).
-SAMPLING_FIELDS = ("sample", "eval", "data.data_dir")
+SAMPLING_FIELDS = ("sample", "eval", "data.data_dir", "mesh")
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict:

@@ -67,6 +67,8 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
     if decode is not None:
       params, decoder_params = params
     params, guide_params = params if guide else (params, None)
+    # Once per call, not in every sampler step.
+    params, guide_params = mesh_lib.gathered((params, guide_params), mesh)
     apply = lambda x, t, cond: model.apply({"params": params}, x, t, cond)
     guide_denoise = None
     if guide:
@@ -84,8 +86,9 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
                    -1.0, 1.0)
     return x if decode is None else decode(decoder_params, x)
 
+  # The parameters stay in the shardings they come in (replicated, or split over fsdp).
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=data)
+  return jax.jit(fn, in_shardings=(None, repl, data), out_shardings=data)
 
 
 def generate(sample_fn, params, inputs: dict, batch_size: int, seed: int,

@@ -238,7 +238,8 @@ def test_sampling_a_run_uses_its_saved_config(trained, data_dir):
   # Only sampling fields may be overridden then.
   r = cli(wd, "--mode=sample", config=None, tiny=False, overrides={"model.ch": 16},
           data_dir=data_dir)
-  assert r.returncode == 2 and "only sample, eval, data.data_dir may be overridden" in r.stderr
+  assert r.returncode == 2, r.stderr
+  assert "only sample, eval, data.data_dir, mesh may be overridden" in r.stderr
   assert snapshot(wd) == before
   r = cli(wd, "--mode=sample", "--labels=1,2", config=None, tiny=False,
           overrides={"sample.num_steps": 2, "sample.batch_size": 2}, data_dir=data_dir)

@@ -73,12 +73,15 @@ def test_tiny_model_overfits_one_batch():
 
 
 def test_same_result_on_8_devices_as_on_1():
+  """multidevice_check.py: data parallelism and the fsdp-split state on 8 devices."""
   env = dict(os.environ, JAX_NUM_CPU_DEVICES="8",
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "training", "multidevice_check.py")],
                        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "devices=8" in out.stdout and "max_param_diff" in out.stdout, out.stdout
+  for line in ("devices=8", "fsdp=2 losses", "restored on data=8 and on fsdp=8",
+               "samples from the EMA split 8 ways"):
+    assert line in out.stdout, out.stdout
 
 
 def test_a_non_finite_update_is_skipped_and_the_next_applies():
