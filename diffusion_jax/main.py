@@ -33,6 +33,8 @@ from diffusion_jax.config import files  # noqa: E402
 from diffusion_jax.config.errors import ConfigError  # noqa: E402
 
 SAMPLE_FLAGS = ("labels", "prompt", "prompts_file", "cond", "cascade_from", "guide_from")
+# The modes each of those flags applies to (--mode=sample only unless named here).
+FLAG_MODES = {"guide_from": ("sample", "eval")}
 
 
 class _Exit(Exception):
@@ -148,7 +150,7 @@ def _run_sample(fv, given, run_id):
 
 def _run_eval(fv, given, run_id):
   from diffusion_jax.run import evaluate
-  evaluate.evaluate(fv.config, fv.workdir)
+  evaluate.evaluate(fv.config, fv.workdir, guide_from=fv.guide_from)
 
 
 MODES = {"train": _run_train, "sample": _run_sample, "eval": _run_eval}
@@ -185,10 +187,11 @@ def _main(argv: list[str]) -> None:
     _fail("--config is required, e.g. --config=configs/digits.py"
           + ("" if mode == "train" else f" (or a --workdir holding a run; {workdir!r} holds "
              "no saved config)"))
-  given_flags = [f"--{k}" for k in SAMPLE_FLAGS if fv[k].value is not None]
-  if given_flags and mode != "sample":
-    _fail(f"{', '.join(given_flags)} appl{'ies' if len(given_flags) == 1 else 'y'} "
-          "to --mode=sample only")
+  misplaced = [k for k in SAMPLE_FLAGS
+               if fv[k].value is not None and mode not in FLAG_MODES.get(k, ("sample",))]
+  if misplaced:
+    _fail(*(f"--{k} applies to --mode={' and --mode='.join(FLAG_MODES.get(k, ('sample',)))} "
+            "only" for k in misplaced))
   if fv.prompt is not None and fv.prompts_file is not None:
     _fail("give prompts with --prompt or --prompts_file, not both")
   if saved:

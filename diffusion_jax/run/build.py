@@ -24,9 +24,9 @@ def _check_diffusion(spec: spec_lib.Spec, mode: str) -> spec_lib.Spec:
   """The data (and evaluation's splits) of a diffusion run; its autoencoder, loaded
   and checked against the data and the U-Net, in latent space."""
   scale = spec.guidance_config.autoguidance_scale
-  require(mode == "sample" or scale == 1.0,
+  require(mode in ("sample", "eval") or scale == 1.0,
           f"sample.autoguidance_scale={scale}: autoguidance needs a guide model, given "
-          f"only to --mode=sample (--guide_from); --mode={mode} samples without one")
+          f"only to --mode=sample or eval (--guide_from); --mode={mode} samples without one")
   require(scale == 1.0 or not spec.latent.autoencoder,
           f"sample.autoguidance_scale={scale} with latent.autoencoder: autoguidance of "
           "latent diffusion is not supported yet")

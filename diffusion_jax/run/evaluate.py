@@ -69,9 +69,9 @@ class SampleEvaluator:
   Everything that can fail (weights, reference split, conditions) is done on
   construction, before anything compiles."""
 
-  def __init__(self, spec: spec_lib.Spec, mesh, tokenizer, net=None):
+  def __init__(self, spec: spec_lib.Spec, mesh, tokenizer, net=None, guide=None):
     ecfg = spec.eval
-    self.ecfg, self.mesh = ecfg, mesh
+    self.ecfg, self.mesh, self.guide = ecfg, mesh, guide
     self.extractor = load_extractor(spec)
     dim = features.FEATURE_NETS[self.extractor.name].dim
     self.reference = reference.reference_features(
@@ -85,12 +85,13 @@ class SampleEvaluator:
     self.sample_set = dataclasses.replace(spec.sample_set, num_samples=ecfg.num_samples)
     self.spec = dataclasses.replace(spec, sample_set=self.sample_set)
     self.inputs, self.record = inputs_lib.gather(self.spec, inputs_lib.Given(), tokenizer)
-    self.sample_fn = sample_run.make_sample_fn(spec, net or build.model(spec), mesh)
+    self.sample_fn = sample_run.make_sample_fn(spec, net or build.model(spec), mesh, guide)
 
   def __call__(self, params, step: int) -> dict:
     t0 = time.perf_counter()
     s = self.sample_set
-    images = generate.generate(self.sample_fn, sample_run.sampling_params(self.spec, params),
+    images = generate.generate(self.sample_fn,
+                               sample_run.sampling_params(self.spec, params, self.guide),
                                self.inputs, s.batch_size, s.seed,
                                self.mesh, num_samples=s.num_samples)
     t1 = time.perf_counter()
@@ -104,7 +105,20 @@ class SampleEvaluator:
             "reference_examples": int(len(self.reference.features)),
             "reference_cache": self.reference.path, "sampler": self.spec.sampler.sampler,
             "sampler_steps": self.spec.sampler.num_steps,
+            **self._guidance(),
             "sample_seconds": round(t1 - t0, 2), "metric_seconds": round(t2 - t1, 2)}
+
+
+  def _guidance(self) -> dict:
+    """How the samples were guided (CFG scales by condition, interval, autoguidance)."""
+    g = self.spec.guidance_config
+    out = {"guidance_scales": dict(self.spec.guidance),
+           "guidance_interval": list(g.interval) if g.interval else None}
+    if self.guide is not None:
+      out["autoguidance"] = {"scale": g.autoguidance_scale,
+                             "guide_workdir": self.guide.workdir,
+                             "guide_step": self.guide.step}
+    return out
 
 
 class LikelihoodEvaluator:
@@ -138,12 +152,13 @@ class LikelihoodEvaluator:
 class Evaluation:
   """The configured metrics of parameters at a step, written to WORKDIR/eval/."""
 
-  def __init__(self, spec: spec_lib.Spec, workdir: str, mesh, tokenizer, net=None):
+  def __init__(self, spec: spec_lib.Spec, workdir: str, mesh, tokenizer, net=None,
+               guide=None):
     ecfg = spec.eval
     self.workdir = workdir
     self.net_name = ecfg.feature_net_name(spec.data.name)
     self.likelihood = LikelihoodEvaluator(spec, mesh, net) if ecfg.likelihood else None
-    self.samples = (SampleEvaluator(spec, mesh, tokenizer, net)
+    self.samples = (SampleEvaluator(spec, mesh, tokenizer, net, guide)
                     if ecfg.sample_metrics else None)
 
   def __call__(self, params, step: int) -> dict:
@@ -170,13 +185,19 @@ def scalars_of(results: dict) -> dict[str, float]:
   return out
 
 
-def evaluate(config, workdir: str, mesh=None) -> dict:
-  """--mode=eval: the configured metrics of the latest checkpoint's EMA parameters."""
+def evaluate(config, workdir: str, mesh=None, guide_from: str | None = None) -> dict:
+  """--mode=eval: the configured metrics of the latest checkpoint's EMA parameters (its
+  samples autoguided by `guide_from`, WORKDIR[:STEP] of a weaker model, if given)."""
   mesh = mesh or mesh_lib.make_mesh()
   spec, found, tokenizer = build.checked(config, workdir, "eval", mesh.devices.size)
   mesh = mesh_lib.with_fsdp(mesh, spec.mesh.fsdp)
+  require(not guide_from or spec.eval.sample_metrics,
+          f"--guide_from={guide_from}: autoguidance changes samples only, and eval.metrics="
+          f"{','.join(spec.eval.metrics)} has no sample metric")
+  guide = sample_run.checked_guide(spec, guide_from, mesh.devices.size, tokenizer)
   build.use_compilation_cache(spec, workdir)
-  evaluation = distributed.checked(Evaluation, spec, workdir, mesh, tokenizer)
+  guide = sample_run.load_guide(spec, guide, guide_from, mesh) if guide else None
+  evaluation = distributed.checked(Evaluation, spec, workdir, mesh, tokenizer, None, guide)
   state = build.load_state(spec, workdir, found, mesh)
   metadata.record(workdir, spec, "eval", int(state.step))
   return evaluation(state.ema_params, int(state.step))

@@ -3,6 +3,7 @@ for conditions given on the command line, in files, by a base model (a cascade),
 taken from the dataset."""
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +21,10 @@ from diffusion_jax.training import distributed, mesh as mesh_lib
 
 def make_sample_fn(spec: spec_lib.Spec, net, mesh, guide=None):
   """The compiled sampler of a run: fn(sampling_params(spec, params, guide), key, inputs)
-  -> images in [-1, 1] (a latent run's samples decoded); `guide`, a (spec, EMA
-  parameters) of a weaker model, autoguides them."""
+  -> images in [-1, 1] (a latent run's samples decoded); `guide`, a Guide
+  (load_guide) of a weaker model, autoguides them."""
   decode = latent_lib.decoder(spec.autoencoder.config) if spec.autoencoder else None
-  guide_net = (build.model(guide[0]), guide[0].diffusion) if guide else None
+  guide_net = (build.model(guide.spec), guide.spec.diffusion) if guide else None
   return generate.make_sample_fn(net, spec.diffusion, spec.sampler, spec.model_shape, mesh,
                                  spec.cond, spec.sample_set.project, spec.guidance,
                                  spec.guidance_config, guide_net, decode)
@@ -32,14 +33,14 @@ def make_sample_fn(spec: spec_lib.Spec, net, mesh, guide=None):
 def sampling_params(spec: spec_lib.Spec, params, guide=None):
   """What the sampler of `make_sample_fn` takes: the U-Net's parameters (with the
   guide's, and a latent run's autoencoder parameters)."""
-  params = (params, guide[1]) if guide else params
+  params = (params, guide.params) if guide else params
   return params if spec.autoencoder is None else (params, spec.autoencoder.params)
 
 
 def sample_images(spec: spec_lib.Spec, params, mesh, inputs: dict, record: dict,
                   net=None, guide=None) -> np.ndarray:
   """uint8 samples, one per row of `inputs` (see sampling.inputs.gather); `guide`, a
-  (spec, EMA parameters) of a weaker model, autoguides them."""
+  Guide (load_guide) of a weaker model, autoguides them."""
   net = net or build.model(spec)
   fn = make_sample_fn(spec, net, mesh, guide)
   s = spec.sample_set
@@ -142,6 +143,38 @@ def _autoguide_model(spec: spec_lib.Spec, guide_from: str, num_devices: int, tok
   return guide, found
 
 
+def checked_guide(spec: spec_lib.Spec, guide_from: str | None, num_devices: int, tokenizer):
+  """The guide of --guide_from checked to guide this model (its spec and checkpoints),
+  or None without one; before anything compiles."""
+  scale = spec.guidance_config.autoguidance_scale
+  require(guide_from or scale == 1.0, f"sample.autoguidance_scale={scale} needs a guide "
+          "model: --guide_from=WORKDIR[:STEP]")
+  if not guide_from:
+    return None
+  return distributed.checked(_autoguide_model, spec, guide_from, num_devices, tokenizer)
+
+
+class Guide(NamedTuple):
+  """A loaded autoguidance guide."""
+  spec: spec_lib.Spec
+  params: object  # Its EMA parameters.
+  step: int
+  workdir: str
+
+
+def load_guide(spec: spec_lib.Spec, guide, guide_from: str | None, mesh) -> Guide | None:
+  """The Guide of checked_guide's result, or None."""
+  if guide is None:
+    return None
+  guide_spec, guide_found = guide
+  guide_workdir = parse_guide_from(guide_from)[0]
+  step, state, _, _ = build.restore_state(guide_spec, guide_workdir, guide_found, mesh)
+  if distributed.is_primary():
+    print(f"autoguidance: scale {spec.guidance_config.autoguidance_scale}, guide "
+          f"{guide_workdir} at step {step}", flush=True)
+  return Guide(guide_spec, state.ema_params, int(step), guide_workdir)
+
+
 def sample_from_workdir(config, workdir: str, given: inputs_lib.Given = inputs_lib.Given(),
                         mesh=None, cascade_from: str | None = None,
                         guide_from: str | None = None) -> str:
@@ -155,13 +188,7 @@ def sample_from_workdir(config, workdir: str, given: inputs_lib.Given = inputs_l
   mesh = mesh or mesh_lib.make_mesh()
   spec, found, tokenizer = build.checked(config, workdir, "sample", mesh.devices.size)
   mesh = mesh_lib.with_fsdp(mesh, spec.mesh.fsdp)
-  scale = spec.guidance_config.autoguidance_scale
-  require(guide_from or scale == 1.0, f"sample.autoguidance_scale={scale} needs a guide "
-          "model: --guide_from=WORKDIR[:STEP]")
-  guide = None
-  if guide_from:
-    guide = distributed.checked(_autoguide_model, spec, guide_from, mesh.devices.size,
-                                tokenizer)
+  guide = checked_guide(spec, guide_from, mesh.devices.size, tokenizer)
   build.use_compilation_cache(spec, workdir)
   if cascade_from:
     base_spec, base_found, base_tok = distributed.checked(_cascade_base, spec, cascade_from,
@@ -175,15 +202,7 @@ def sample_from_workdir(config, workdir: str, given: inputs_lib.Given = inputs_l
     record.update({f"base_{k}": v for k, v in base_record.items() if k != "count"})
   else:
     inputs, record = distributed.checked(inputs_lib.gather, spec, given, tokenizer)
-  if guide:
-    guide_spec, guide_found = guide
-    guide_workdir = parse_guide_from(guide_from)[0]
-    guide_step, guide_state, _, _ = build.restore_state(guide_spec, guide_workdir,
-                                                        guide_found, mesh)
-    guide = (guide_spec, guide_state.ema_params)
-    if distributed.is_primary():
-      print(f"autoguidance: scale {scale}, guide {guide_workdir} at step {guide_step}",
-            flush=True)
+  guide = load_guide(spec, guide, guide_from, mesh)
   state = build.load_state(spec, workdir, found, mesh)
   path = write_sample_set(spec, workdir, state.ema_params, int(state.step), mesh, inputs, record,
                           guide=guide)
@@ -192,5 +211,6 @@ def sample_from_workdir(config, workdir: str, given: inputs_lib.Given = inputs_l
   return path
 
 
-__all__ = ["ConfigError", "make_sample_fn", "parse_guide_from", "sample_from_workdir",
-           "sample_images", "sampling_params", "write_sample_set"]
+__all__ = ["ConfigError", "Guide", "checked_guide", "load_guide", "make_sample_fn",
+           "parse_guide_from", "sample_from_workdir", "sample_images", "sampling_params",
+           "write_sample_set"]

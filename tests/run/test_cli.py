@@ -1,5 +1,6 @@
 """End to end through the command line, and every bad input's error."""
 
+import glob
 import os
 
 import jax
@@ -147,9 +148,9 @@ BAD = [
     ("guidance interval upside down", {"sample.guidance_interval": (5.42, 0.28)}, [],
      "sample.guidance_interval=(5.42, 0.28): need 0 <= lo < hi"),
     ("autoguidance while training", {"sample.autoguidance_scale": 2.0}, [],
-     "autoguidance needs a guide model, given only to --mode=sample (--guide_from)"),
+     "autoguidance needs a guide model, given only to --mode=sample or eval (--guide_from)"),
     ("a guide while training", {}, ["--guide_from=runs/small"],
-     "--guide_from applies to --mode=sample only"),
+     "--guide_from applies to --mode=sample and --mode=eval only"),
     ("bundled data in a data_dir that does not exist",
      {"data.data_dir": "/nonexistent/tfds"}, [], "data.data_dir='/nonexistent/tfds' does not exist"),
     ("split smaller than a batch", {"training.batch_size": 4096}, [],
@@ -335,6 +336,22 @@ def test_autoguidance_from_a_checkpoint_of_the_same_run(trained, data_dir, tmp_p
   assert f"guide {guide} at step 2" in r.stdout
   assert by_step_2["images"].shape == (10, 8, 8, 1)
   assert not np.array_equal(by_step_2["images"], unguided["images"])
+  # --mode=eval measures the guided sampler, and says how it was guided.
+  import json
+  kid = {}
+  for step in (None, 2):
+    r = cli(wd, "--mode=eval", *([f"--guide_from={guide}:{step}"] if step else []),
+            config=None, tiny=False, data_dir=data_dir,
+            overrides={"sample.autoguidance_scale": 100.0 if step else 1.0,
+                       "sample.guidance_interval": (0.0, 1e9), "eval.metrics": "kid",
+                       "eval.num_samples": 10})
+    assert r.returncode == 0, r.stderr[-3000:]
+    path = sorted(glob.glob(os.path.join(wd, "eval", "step_6_*.json")), key=os.path.getmtime)[-1]
+    result = json.load(open(path))
+    kid[step] = result["kid"]
+    assert result.get("autoguidance") == ({"scale": 100.0, "guide_workdir": guide,
+                                           "guide_step": 2} if step else None), result
+  assert kid[2] != kid[None]
   assert snapshot(guide) == before  # The guide's workdir is only read.
 
 
@@ -373,6 +390,8 @@ GUIDE_BAD = [  # (id, guide (RUN = the trained run), sample overrides, the error
     ("no guide", None, {}, "sample.autoguidance_scale=2.0 needs a guide model"),
     ("bad interval", "RUN", {"sample.guidance_interval": (0.5,)},
      "sample.guidance_interval=(0.5,): give (lo, hi)"),
+    ("eval without a sample metric", "RUN", {"--mode": "eval", "eval.metrics": "bpd"},
+     "autoguidance changes samples only, and eval.metrics=bpd has no sample metric"),
 ]
 
 
@@ -391,7 +410,8 @@ def test_a_bad_guide_fails_cleanly_and_writes_nothing(trained, data_dir, tmp_pat
   elif guide:
     guide = guide.replace("RUN", run)
   before = snapshot(run), snapshot(tmp_path)
-  args = ["--mode=sample"] + ([f"--guide_from={guide}"] if guide else [])
+  over = dict(over)
+  args = [f"--mode={over.pop('--mode', 'sample')}"] + ([f"--guide_from={guide}"] if guide else [])
   r = cli(run, *args, config=None, tiny=False, data_dir=data_dir,
           overrides={"sample.autoguidance_scale": 2.0, **over})
   assert r.returncode == 2, (r.returncode, r.stderr[-2000:])

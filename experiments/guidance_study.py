@@ -1,0 +1,100 @@
+"""Classifier-free guidance everywhere, within an interval of noise levels, and
+autoguidance, on one trained class-conditional run, at the same sampler steps.
+
+  python experiments/guidance_study.py --workdir=runs/digits_sweep/trials/t000 \
+      --guide_step=300 --num_samples=1000 --out=experiments/results/guidance_digits
+
+Each variant is `python -m diffusion_jax.main --mode=eval` on the run's latest
+checkpoint (its sample metrics in the feature network the run's config names, the same
+seed and sampler for all), with the variant's overrides and, for autoguidance,
+`--guide_from=WORKDIR:GUIDE_STEP` (the run's own earlier checkpoint as the weaker
+model). Writes OUT.json (every result file's contents) and OUT.md (the table).
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from diffusion_jax import main as cli  # noqa: E402
+
+METRICS = ("fd", "kid", "precision", "recall")
+# name -> (overrides, autoguided); the interval is EDM2's, in sigma = sigma_t / alpha_t.
+VARIANTS = {
+    "no guidance": ({"sample.guidance_scale": 1.0}, False),
+    "CFG 1.5": ({"sample.guidance_scale": 1.5}, False),
+    "CFG 3": ({"sample.guidance_scale": 3.0}, False),
+    "CFG 3 in (0.28, 5.42]": ({"sample.guidance_scale": 3.0,
+                               "sample.guidance_interval": "(0.28,5.42)"}, False),
+    "autoguidance 1.5": ({"sample.guidance_scale": 1.0, "sample.autoguidance_scale": 1.5}, True),
+    "autoguidance 2": ({"sample.guidance_scale": 1.0, "sample.autoguidance_scale": 2.0}, True),
+}
+
+
+def cpu_model() -> str:
+  for line in open("/proc/cpuinfo"):
+    if line.startswith("model name"):
+      return line.split(":", 1)[1].strip()
+  return platform.processor()
+
+
+def evaluate(workdir: str, overrides: dict, guide: str | None) -> dict:
+  """One --mode=eval; returns its result file's contents."""
+  before = set(os.listdir(os.path.join(workdir, "eval"))) if os.path.isdir(
+      os.path.join(workdir, "eval")) else set()
+  argv = ["diffusion_jax.main", f"--workdir={workdir}", "--mode=eval",
+          f"--config.eval.metrics={','.join(METRICS)}",
+          *[f"--config.{k}={v}" for k, v in overrides.items()]]
+  if guide:
+    argv.append(f"--guide_from={guide}")
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    code = cli.run(argv)
+  if code:
+    raise SystemExit(f"{' '.join(argv)} failed ({code}):\n{err.getvalue()[-3000:]}")
+  (new,) = set(os.listdir(os.path.join(workdir, "eval"))) - before
+  with open(os.path.join(workdir, "eval", new)) as f:
+    return json.load(f)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--guide_step", type=int, required=True)
+  p.add_argument("--num_samples", type=int, default=1000)
+  p.add_argument("--out", required=True, help="Path stem of the .json and .md written.")
+  args = p.parse_args()
+  rows = {}
+  for name, (over, autoguided) in VARIANTS.items():
+    t0 = time.time()
+    r = evaluate(args.workdir, {**over, "eval.num_samples": args.num_samples},
+                 f"{args.workdir}:{args.guide_step}" if autoguided else None)
+    r["wall_s"] = round(time.time() - t0, 1)
+    rows[name] = r
+    print(name, {m: round(r[m], 4) for m in METRICS}, f"{r['wall_s']} s", flush=True)
+  first = next(iter(rows.values()))
+  head = (f"Run {args.workdir} at step {first['step']}, {first['num_samples']} samples, "
+          f"{first['sampler']} {first['sampler_steps']} steps, features {first['feature_net']}; "
+          f"autoguidance by its step {args.guide_step}. CPU: {cpu_model()}.\n")
+  lines = [head, "| variant | " + " | ".join(METRICS) + " | wall s |",
+           "|---" * (len(METRICS) + 2) + "|"]
+  for name, r in rows.items():
+    lines.append(f"| {name} | " + " | ".join(f"{r[m]:.4g}" for m in METRICS)
+                 + f" | {r['wall_s']} |")
+  with open(args.out + ".json", "w") as f:
+    json.dump({"workdir": args.workdir, "guide_step": args.guide_step, "cpu": cpu_model(),
+               "results": rows}, f, indent=1)
+  with open(args.out + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()
