@@ -8,7 +8,7 @@ Each variant is `python -m diffusion_jax.main --mode=eval` on the run's latest
 checkpoint (its sample metrics in the feature network the run's config names, the same
 seed and sampler for all), with the variant's overrides and, for autoguidance,
 `--guide_from=WORKDIR:GUIDE_STEP` (the run's own earlier checkpoint as the weaker
-model). Writes OUT.json (every result file's contents) and OUT.md (the table).
+model). Writes OUT.jsonl: one line per variant, its result file's contents.
 """
 
 import argparse
@@ -79,21 +79,11 @@ def main():
     r["wall_s"] = round(time.time() - t0, 1)
     rows[name] = r
     print(name, {m: round(r[m], 4) for m in METRICS}, f"{r['wall_s']} s", flush=True)
-  first = next(iter(rows.values()))
-  head = (f"Run {args.workdir} at step {first['step']}, {first['num_samples']} samples, "
-          f"{first['sampler']} {first['sampler_steps']} steps, features {first['feature_net']}; "
-          f"autoguidance by its step {args.guide_step}. CPU: {cpu_model()}.\n")
-  lines = [head, "| variant | " + " | ".join(METRICS) + " | wall s |",
-           "|---" * (len(METRICS) + 2) + "|"]
-  for name, r in rows.items():
-    lines.append(f"| {name} | " + " | ".join(f"{r[m]:.4g}" for m in METRICS)
-                 + f" | {r['wall_s']} |")
-  with open(args.out + ".json", "w") as f:
-    json.dump({"workdir": args.workdir, "guide_step": args.guide_step, "cpu": cpu_model(),
-               "results": rows}, f, indent=1)
-  with open(args.out + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  with open(args.out + ".jsonl", "w") as f:
+    for name, r in rows.items():
+      f.write(json.dumps({"variant": name, "workdir": args.workdir,
+                          "guide_step": args.guide_step, "cpu": cpu_model(), **r}) + "\n")
+  print(f"wrote {args.out}.jsonl")
 
 
 if __name__ == "__main__":
