@@ -3,15 +3,20 @@
 from diffusion_jax.config import defaults as default
 
 
-def base(arg: str, name: str, num_steps: int = 3000):
-  """32x32 photo crops, a small U-Net sized for a CPU run, v-prediction (cosine)."""
-  c = default.get_config()
+def photo_data(c) -> None:
+  """The data section: 32x32 RGB photo crops, unlabelled, flipped at random."""
   d = c.data
   d.name = "photo_patches"
   d.image_size = 32
   d.channels = 3
   d.num_classes = 0
   d.random_flip = True
+
+
+def base(arg: str, name: str, num_steps: int = 3000):
+  """32x32 photo crops, a small U-Net sized for a CPU run, v-prediction (cosine)."""
+  c = default.get_config()
+  photo_data(c)
 
   m = c.model
   m.ch = 16

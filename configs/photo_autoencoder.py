@@ -12,17 +12,16 @@ Smoke-test variant (tiny dataset, a few steps): --config=configs/photo_autoencod
 """
 
 from diffusion_jax.config import defaults as default
+from diffusion_jax.config import import_sibling
+
+photo_common = import_sibling(__file__, "_photo_common.py")
 
 
 def get_config(arg: str = ""):
   c = default.get_config()
   c.kind = "autoencoder"
+  photo_common.photo_data(c)
   d = c.data
-  d.name = "photo_patches"
-  d.image_size = 32
-  d.channels = 3
-  d.num_classes = 0
-  d.random_flip = True
 
   a = c.autoencoder
   a.block_out_channels = (32, 64, 64)  # f = 4.
