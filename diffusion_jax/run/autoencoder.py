@@ -187,7 +187,7 @@ def meta_diff(saved: dict, want: dict) -> list[str]:
 
 def _moments_fn(net: ae_lib.AutoencoderKL, mesh):
   """A compiled fn(params, images, key) -> (count, sum, sum of squares) of posterior
-  samples of a global batch (float64 is not needed: the sums are per batch)."""
+  samples of a global batch (float32: a few batches' sums)."""
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
 
   def fn(params, images, key):
@@ -205,15 +205,15 @@ def scale_of(net: ae_lib.AutoencoderKL, params, data_cfg: DataConfig, batch_size
   fn = _moments_fn(net, mesh)
   it = pipeline.make_iterator(data_cfg, batch_size, seed)
   key = jax.random.fold_in(jax.random.key(seed), 0x5CA1E)
-  count = total = squares = 0.0
+  sums = None
   try:
-    for i in range(batches):
+    for i in range(batches):  # Summed on device: one transfer at the end.
       batch = mesh_lib.global_batch({"image": next(it)["image"]}, mesh)
-      n, s, q = (float(v) for v in jax.device_get(fn(params, batch["image"],
-                                                     jax.random.fold_in(key, i))))
-      count, total, squares = count + n, total + s, squares + q
+      out = fn(params, batch["image"], jax.random.fold_in(key, i))
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   finally:
     it.close()
+  count, total, squares = (float(v) for v in jax.device_get(sums))
   mean = total / count
   std = float(np.sqrt(max(squares / count - mean * mean, 0.0)))
   require(std > 0 and np.isfinite(std), f"the latents' std is {std}: no latent scale")
