@@ -70,11 +70,14 @@ def check_dir(study: Study, workdir: str, engine: str) -> None:
     return
   want = study.identity(engine)
   have = saved.get("identity", {})
-  diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-  if "base_config" in diff:
-    a, b = have.get("base_config") or {}, want["base_config"]
-    fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    diff[diff.index("base_config")] = f"base config ({', '.join(fields[:6])})"
+  diff = sorted(k for k in set(want) | set(have)
+                if k != "base_config" and want.get(k) != have.get(k))
+  # Fields only one side has come from another version of the library (a section added
+  # since the sweep began): not a different sweep. Fields both have must agree.
+  a, b = have.get("base_config") or {}, want["base_config"]
+  fields = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+  if fields:
+    diff.append(f"base config ({', '.join(fields[:6])})")
   require(not diff, f"--workdir={workdir!r} holds another sweep (of {saved.get('config')}; "
           f"its {', '.join(diff)} differ): use a new directory, or the command that made it")
 

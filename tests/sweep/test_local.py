@@ -258,6 +258,16 @@ def test_a_directory_holding_another_sweep_is_refused(tmp_path):
   code, _, err = sweep_cli(f"--config={TINY}:seeds", f"--workdir={wd}",
                            "--config.optim.lr=0.01")
   assert code == 2 and "base config (optim.lr)" in err
+  # Made by a version of the library without one config section: the same sweep.
+  record = os.path.join(wd, "sweep.json")
+  saved = json.load(open(record))
+  base = saved["identity"]["base_config"]
+  section = [k for k in base if k.startswith("autoencoder.")]
+  assert section
+  for k in section:
+    del base[k]
+  json.dump(saved, open(record, "w"))
+  local.check_dir(study, wd, "local")
   # A directory that holds something else is not taken either.
   other = tmp_path / "run"
   other.mkdir()
