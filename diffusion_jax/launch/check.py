@@ -7,6 +7,7 @@ Exit status 0 if it fits, 1 if not, 2 on a bad input.
 """
 
 import dataclasses
+import os
 
 import jax
 from absl import flags
@@ -69,6 +70,9 @@ class Report:
 def topology_devices(name: str) -> list:
   """The devices of a TPU topology, from libtpu, without a TPU."""
   kwargs = {"chip_config_name": "megacore"} if name.split(":")[0] in MEGACORE else {}
+  # Only compiling, no chip used: another JAX process holding libtpu's lock (a run on
+  # this machine with JAX_PLATFORMS unset) must not stop the check.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     return list(topologies.get_topology_desc(name, "tpu", **kwargs).devices)
   except Exception as e:  # libtpu missing, or a name it does not know.
