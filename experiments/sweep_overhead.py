@@ -24,7 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "digits.py") + ":runlocal"
-TRIALS = [{"training.ema_decay": 0.99}, {"training.ema_decay": 0.999}]
+TRIALS = [{"seed": 0}, {"seed": 1}]  # The :runlocal sweep's grid.
 
 
 def timed(cmd: list[str], env: dict) -> float:

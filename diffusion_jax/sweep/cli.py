@@ -3,7 +3,7 @@
 
 Runs the sweep that the config file declares (`get_sweep`, docs/sweeps.md): each trial
 is an ordinary training run in DIR/trials/<id>/. Re-running the same command skips
-finished trials and resumes the others; DIR/results.md, results.csv and results.png
+finished trials and resumes the others; DIR/results.md, .csv, .json and .png
 are rewritten as trials finish. `--report` prints DIR's table without running anything.
 --config.FIELD=VALUE overrides apply to every trial (a swept field takes the trial's).
 

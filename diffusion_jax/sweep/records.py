@@ -9,7 +9,7 @@
       result.json                its final status: done | stopped | failed (+ reason)
       log.txt                    the run's output
       claim.<N>                  claims (sweep.claims)
-  DIR/results.csv, results.md, results.png   the table and plot (sweep.results)
+  DIR/results.{csv,md,json,png}  the table and plot (sweep.results)
   DIR/compile_cache/             the persistent compilation cache the trials share
 
 JSON files are written whole (to a temporary name, then renamed); JSONL files are

@@ -1,7 +1,7 @@
 """A sweep's results, read back from its directory: one row per trial (overrides,
-status, the metric at each report, best, final, wall time) as DIR/results.csv and
-DIR/results.md, and DIR/results.png, the metric against each swept value
-(matplotlib, from the `sweep` extra; without it the plot is skipped).
+status, the metric at each report, best, final, wall time) as DIR/results.csv,
+DIR/results.md and DIR/results.json, and DIR/results.png, the metric against each field
+that varies (matplotlib, from the `sweep` extra; without it the plot is skipped).
 
 Trials are ranked by their final value of the metric (the value at their last
 report); `best` is the best value over their reports.
@@ -10,6 +10,7 @@ report); `best` is the best value over their reports.
 import csv
 import dataclasses
 import io
+import json
 import os
 
 from diffusion_jax.sweep import claims, records
@@ -114,10 +115,39 @@ def _shown_steps(steps: list[int]) -> list[int]:
   return [steps[i] for i in idx]
 
 
+def to_json(m: dict, rows: list[Row]) -> dict:
+  """The results for programs (experiments/results.json reads values from it): the
+  best trial by final value, and every trial by id."""
+  order = ranked(rows, m["mode"])
+  best = order[0] if order and order[0].status == "done" else None
+
+  def trial(r: Row) -> dict:
+    b = r.best(m["mode"])
+    return {"overrides": r.overrides, "status": r.status, "reason": r.reason,
+            "final": r.final(), "best": b[1] if b else None, "best_step": b[0] if b else None,
+            "history": {str(k): v for k, v in r.history.items()}, "wall_s": r.wall_s,
+            "attempts": r.attempts}
+  return {"config": m["config"], "metric": m["metric"], "mode": m["mode"],
+          "best": {"trial": best.id, "value": best.final(), "overrides": best.overrides}
+          if best else None,
+          "trials": {r.id: trial(r) for r in rows}}
+
+
+def _split_fields(fields: list[str], rows: list[Row]) -> tuple[list[str], dict]:
+  """(fields whose values differ between trials, {field: value} the same in all)."""
+  same = {}
+  for f in fields:
+    values = {repr(r.overrides.get(f)) for r in rows}
+    if len(values) == 1 and len(rows) > 1 and f in rows[0].overrides:
+      same[f] = rows[0].overrides[f]
+  return [f for f in fields if f not in same], same
+
+
 def markdown(workdir: str, rows: list[Row] | None = None) -> str:
   m = meta(workdir)
   rows = collect(workdir) if rows is None else rows
   fields, metric, mode = _fields(m, rows), m["metric"], m["mode"]
+  fields, same = _split_fields(fields, rows)
   steps = _shown_steps(sorted({s for r in rows for s in r.history}))
   tally = {}
   for r in rows:
@@ -128,8 +158,11 @@ def markdown(workdir: str, rows: list[Row] | None = None) -> str:
   order = ranked(rows, mode)
   if order and order[0].status == "done":
     b = order[0]
-    lines.append(f"Best: {b.id} ({', '.join(f'{k}={v!r}' for k, v in b.overrides.items())}), "
+    varied = {k: v for k, v in b.overrides.items() if k not in same}
+    lines.append(f"Best: {b.id} ({', '.join(f'{k}={v!r}' for k, v in varied.items())}), "
                  f"{metric} {b.final():.4g}.")
+  if same:
+    lines.append(f"Every trial: {', '.join(f'{k}={v!r}' for k, v in same.items())}.")
   lines.append("")
   head = ["trial", *fields, "status", *(f"{metric} @{s}" for s in steps), "best", "final",
           "wall"]
@@ -153,7 +186,7 @@ def plot(m: dict, rows: list[Row], path: str) -> bool:
     import matplotlib.pyplot as plt
   except ImportError:
     return False
-  fields = _fields(m, rows)
+  fields = _split_fields(_fields(m, rows), rows)[0]
   shown = [r for r in rows if r.status in ("done", "stopped") and r.final() is not None]
   if not fields or not shown:
     return False
@@ -198,13 +231,15 @@ def _write_text(path: str, text: str) -> None:
 
 
 def write(workdir: str) -> list[Row]:
-  """Rewrites results.csv, results.md and results.png from the trials' records."""
+  """Rewrites results.csv, .md, .json and .png from the trials' records."""
   m = meta(workdir)
   rows = collect(workdir)
   _write_text(os.path.join(workdir, "results.csv"), to_csv(m, rows))
   _write_text(os.path.join(workdir, "results.md"), markdown(workdir, rows))
+  _write_text(os.path.join(workdir, "results.json"),
+              json.dumps(to_json(m, rows), indent=1, default=str) + "\n")
   plot(m, rows, os.path.join(workdir, "results.png"))
   return rows
 
 
-__all__ = ["Row", "collect", "markdown", "meta", "plot", "ranked", "to_csv", "write"]
+__all__ = ["Row", "collect", "markdown", "meta", "plot", "ranked", "to_csv", "to_json", "write"]

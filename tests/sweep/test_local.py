@@ -190,6 +190,12 @@ def test_sigkill_mid_way_then_rerun_finishes_every_trial_once(tmp_path, data_dir
   assert len(starts(wd, "t000")) == 1
   csv = open(os.path.join(wd, "results.csv")).read().splitlines()
   assert len(csv) == 5 and all(",done," in line for line in csv[1:])
+  table = json.load(open(os.path.join(wd, "results.json")))
+  assert sorted(table["trials"]) == ["t000", "t001", "t002", "t003"]
+  finals = {t: v["final"] for t, v in table["trials"].items()}
+  pick = min if table["mode"] == "min" else max
+  assert table["best"]["value"] == pick(finals.values())
+  assert finals[table["best"]["trial"]] == table["best"]["value"]
   # --report prints the same table, running nothing.
   code, report, _ = sweep_cli(f"--workdir={wd}", "--report")
   assert code == 0 and report == open(os.path.join(wd, "results.md")).read()
