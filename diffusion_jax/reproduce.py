@@ -5,6 +5,7 @@
                                                        obtained; exit 1 outside tolerance
   python -m diffusion_jax.reproduce NAME --quick       its shrunk variant (minutes on a CPU)
   python -m diffusion_jax.reproduce NAME --record      re-run and record what it obtains
+  python -m diffusion_jax.reproduce NAME --dry_run     print its commands and expectations
   python -m diffusion_jax.reproduce --tables [--check] write (or check) the README tables
 
 The registry (experiments/results.json) lists each recorded result: its config and
@@ -411,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--registry", default=REGISTRY, help="the results registry (JSON)")
   p.add_argument("--from-source", action="store_true",
                  help="record the entry's expectations from its source output file")
+  p.add_argument("--dry_run", action="store_true",
+                 help="print the entry's commands and expected values; run nothing")
   p.add_argument("--list", action="store_true", help="list the entries")
   p.add_argument("--tables", action="store_true", help="write the generated README tables")
   p.add_argument("--check", action="store_true", help="with --tables: only check them")
@@ -437,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
       print(json.dumps(record_from_source(args.registry, args.name)))
       return 0
     v = variant(entry, args.quick)
+    if args.dry_run:
+      for line in commands(entry, args.quick, args.workdir or "WORKDIR", "OUT"):
+        print(f"$ {line}")
+      print(f"then reads {v['output'].format(workdir=args.workdir or 'WORKDIR', out='OUT')}: "
+            f"{_result_text(entry, args.quick)}")
+      return 0
     if args.workdir and os.path.exists(args.workdir) and os.listdir(args.workdir):
       raise RegistryError(f"--workdir {args.workdir!r} is not empty: reproduce starts "
                           "from scratch (nothing there is overwritten)")

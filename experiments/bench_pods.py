@@ -4,6 +4,7 @@ this machine (issue 10's table in experiments/README.md):
   JAX_PLATFORMS=cpu python experiments/bench_pods.py --part=cache   # digits, cifar10_ddpm
   JAX_PLATFORMS=cpu python experiments/bench_pods.py --part=save
   JAX_PLATFORMS=cpu python experiments/bench_pods.py --part=split
+  python experiments/bench_pods.py --part=check --topologies=v5e:4x4,v4:2x2x1   # libtpu
 
 - cache: time to the first step of a resumed run (process start to the "first step" line,
   and the first step itself) with the persistent compilation cache off and on, from the
@@ -14,6 +15,8 @@ this machine (issue 10's table in experiments/README.md):
 - split: the same digits run on 2 processes x 4 devices and on 1 process x 8 devices
   (simulated CPU devices, local processes): per-step loss and final parameter
   differences.
+- check: `launch check`'s report for cifar10_ddpm at its batch (128) on TPU topologies,
+  compiled ahead of time with libtpu on this CPU, and the compile's wall and CPU time.
 
 Each line printed is a JSON record, also appended to experiments/results/bench_pods.jsonl
 with the CPU model. A benchmark that prints numbers, never a test.
@@ -32,6 +35,18 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "experiments", "results", "bench_pods.jsonl")
+CHECK = r"""
+import dataclasses, json, resource, sys, time
+from diffusion_jax.config import files
+from diffusion_jax.launch import check
+t0 = time.perf_counter()
+report = check.compile_report(files.load(sys.argv[1]), sys.argv[2])
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({**dataclasses.asdict(report), "total": report.total, "fits": report.fits,
+                  "compile_wall_s": round(time.perf_counter() - t0, 1),
+                  "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                  "max_rss_gib": round(usage.ru_maxrss / 2**20, 2)}))
+"""
 
 
 def cpu_model() -> str:
@@ -189,7 +204,27 @@ def part_split(args, scratch: str) -> None:
         "process_s_1x8": round(ta, 1), "process_s_2x4": round(tb, 1)})
 
 
-PARTS = {"cache": part_cache, "save": part_save, "split": part_split}
+def part_check(args, scratch: str) -> None:
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # libtpu's topology.
+  for topology in args.topologies.split(","):
+    r = subprocess.run([sys.executable, "-c", CHECK, "configs/cifar10_ddpm.py", topology],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    if r.returncode:
+      sys.exit(f"check on {topology} failed:\n{r.stderr[-3000:]}")
+    rep = json.loads(r.stdout.strip().splitlines()[-1])
+    mib = lambda b: round(b / 2**20, 1)
+    emit({"bench": "pods_check", "config": "cifar10_ddpm", "topology": topology,
+          "device_kind": rep["device_kind"], "devices": rep["num_devices"],
+          "hosts": rep["num_hosts"], "batch": rep["batch_size"],
+          "per_device_batch": rep["batch_size"] // rep["num_devices"],
+          "arguments_mib": mib(rep["arguments"]), "temporaries_mib": mib(rep["temporaries"]),
+          "code_mib": mib(rep["code"]), "total_mib": mib(rep["total"]),
+          "hbm_gib": rep["capacity"] / 2**30 if rep["capacity"] else None,
+          "fits": rep["fits"], "compile_wall_s": rep["compile_wall_s"], "cpu_s": rep["cpu_s"],
+          "max_rss_gib": rep["max_rss_gib"]})
+
+
+PARTS = {"cache": part_cache, "check": part_check, "save": part_save, "split": part_split}
 
 
 def main():
@@ -199,6 +234,7 @@ def main():
   p.add_argument("--configs", default="digits,cifar10_ddpm")
   p.add_argument("--save_steps", type=int, default=100)
   p.add_argument("--split_steps", type=int, default=20)
+  p.add_argument("--topologies", default="v5e:4x4,v4:2x2x1")
   args = p.parse_args()
   sys.path.insert(0, ROOT)
   scratch = tempfile.mkdtemp(prefix="bench_pods_")

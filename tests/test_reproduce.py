@@ -101,3 +101,15 @@ def test_reproduce_passes_within_tolerance_and_fails_outside(tmp_path, data_dir,
   (used / "keep").write_text("x")
   assert reproduce.main(["tiny", "--registry", path, f"--workdir={used}"]) == 2
   assert (used / "keep").read_text() == "x"
+
+
+def test_dry_run_prints_the_commands_and_runs_nothing(registry, tmp_path, capsys):
+  wd = tmp_path / "wd"
+  assert reproduce.main(["digits", "--quick", "--dry_run", f"--workdir={wd}"]) == 0
+  out = capsys.readouterr().out
+  entry = registry["entries"]["digits"]
+  for line in reproduce.commands(entry, True, str(wd), "OUT"):
+    assert f"$ {line}" in out
+  assert "--config.training.num_steps=300" in out
+  assert f"then reads {wd}/eval/step_300_digits-v1.json" in out
+  assert not wd.exists()

@@ -26,6 +26,7 @@ SHRINK = {
     "train": {"training.num_steps": 2, "training.checkpoint_every": 2, "training.log_every": 1,
               "training.batch_size": 8, "optim.warmup_steps": 1, "model.num_res_blocks": 1,
               "model.attn_resolutions": (), "model.ch": 8, "model.num_groups": 4,
+              "model.ch_mult": (1, 2),
               "sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2,
               "eval.num_samples": 80},
     "sample": {"sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2},
@@ -77,10 +78,14 @@ def shrunk(argv: list[str], data_dir: str) -> list[str]:
   return argv + [f"--config.{k}={fmt(v)}" for k, v in extra.items()]
 
 
+def shrunk_reproduce(argv: list[str], data_dir: str) -> list[str]:
+  """An entry's re-run is printed, not run (--dry_run): even the --quick digits entry
+  trains for minutes (tests/test_reproduce.py runs a tiny entry end to end)."""
+  return argv + ["--dry_run"] if argv and not argv[0].startswith("-") else argv
+
+
 def run_reproduce(argv: list[str]):
-  """`python -m diffusion_jax.reproduce ARGV` in this process, its output captured.
-  Entries run as recorded (with --quick where the page says so): the registry's
-  expectations are what the test checks."""
+  """`python -m diffusion_jax.reproduce ARGV` in this process, its output captured."""
   import contextlib
   import io
   from diffusion_jax import reproduce
@@ -177,7 +182,7 @@ def run_sweep(argv: list[str]):
 # Module -> (how to shrink its argv, how to run it).
 RUNNERS = {
     "diffusion_jax.main": (shrunk, run_main),
-    "diffusion_jax.reproduce": (lambda argv, data_dir: argv, run_reproduce),
+    "diffusion_jax.reproduce": (shrunk_reproduce, run_reproduce),
     "diffusion_jax.sweep": (shrunk, run_sweep),
     "diffusion_jax.models.convert_vae": (lambda argv, data_dir: argv, run_convert_vae),
     "diffusion_jax.run.latent_scale": (shrunk_scale, run_latent_scale),
