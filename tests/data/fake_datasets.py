@@ -46,3 +46,23 @@ def example_ids(images: np.ndarray) -> list[int]:
   values = np.round((np.asarray(images) + 1.0) * 127.5).reshape(len(images), -1)
   assert (values == values[:, :1]).all()
   return [int(v) // 10 for v in values[:, 0]]
+
+
+def prepare_imagenet_resized(data_dir: str, train: int = 8, validation: int = 4) -> None:
+  """A prepared `imagenet_resized/64x64` of random images (labels up to 999), under the
+  real builder's name, config and features."""
+  import tensorflow_datasets as tfds
+
+  class FakeImagenetResized(tfds.builder_cls("imagenet_resized"), skip_registration=True):
+    name = "imagenet_resized"
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._examples(train, 0), "validation": self._examples(validation, 1)}
+
+    def _examples(self, n, seed):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        yield i, {"label": 999 - i, "image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)}
+
+  FakeImagenetResized(config="64x64", data_dir=data_dir).download_and_prepare(
+      file_format="array_record")
