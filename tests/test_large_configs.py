@@ -111,3 +111,18 @@ def test_adm_data_reads_imagenet_64(tmp_path):
   batch = next(pipeline.make_iterator(d, 4, seed=0))
   assert batch["image"].shape == (4, 64, 64, 3) and batch["label"].shape == (4,)
   assert set(batch["label"]) <= set(range(992, 1000))  # The fake's labels: 999 - i.
+
+
+@pytest.mark.parametrize("name", ["imagenet512_edm2_s.py", "imagenet64_adm.py"])
+def test_imagenet2012_images_of_any_shape_come_out_at_the_configs_size(tmp_path, name):
+  # EDM2's data, and ADM's with --config.data.name=imagenet2012 (preprocess.fit_image:
+  # the central square, area-resized).
+  from diffusion_jax.data import pipeline
+  from tests.data.fake_datasets import prepare_imagenet2012
+  prepare_imagenet2012(str(tmp_path))
+  d = load(name).data
+  d.name, d.data_dir, d.read_threads = "imagenet2012", str(tmp_path), 0
+  pipeline.check(d, {"data.split": (d.split, 4)})
+  batch = next(pipeline.make_iterator(d, 4, seed=0))
+  assert batch["image"].shape == (4, d.image_size, d.image_size, 3)
+  assert sorted(batch["label"]) == [0, 1, 2, 3]
