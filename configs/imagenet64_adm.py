@@ -10,6 +10,9 @@ scale-shift norm (the time embedding scales and shifts the GroupNorm), dropout 0
 prediction, Adam 3e-4, batch 2048, EMA 0.9999, 540k steps.
 
 Parameters: 297,488,067 (eval_shape; tests/test_large_configs.py), 0.50% above ADM's 296M.
+guided-diffusion's UNetModel with these flags has 295,904,454
+(experiments/reference_counts.py); ours is exactly that + 1,588,032 (the 1x1 skips of
+the 6 resampling blocks) + 768 (a null label row) - 5,187 (3 output channels, not 6).
 What still differs from ADM's network:
   - ADM learns the variances (6 output channels, trained with L_hybrid); this U-Net
     predicts eps only (3 channels, L_simple) and samples with fixed variances;

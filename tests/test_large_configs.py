@@ -17,17 +17,20 @@ from diffusion_jax import config as config_lib
 from diffusion_jax.models.autoencoder import AutoencoderConfig
 from diffusion_jax.run import build, spec as spec_lib
 from diffusion_jax.training import mesh as mesh_lib
+from experiments import reference_counts
 from tests.conftest import ROOT
 from tests.data.fake_datasets import prepare_imagenet_resized
 
-# Config, chips of the topology its docstring names, the paper's parameter count and
-# the tolerance on it. Published counts are rounded (ADM: 296M; EDM2: Mparams); the
-# differences of architecture each config lists move the count by less than 1%.
+# Config, chips of the topology its docstring names, the paper's published count, and
+# its network counted from its constructor (experiments/reference_counts.py). Published
+# counts are rounded (ADM: 296M; EDM2's Table 2: Mparams); the differences of
+# architecture each config lists move the count by less than 1% (TOLERANCE).
 LARGE = [
-    ("imagenet64_adm.py", 64, 296_000_000, 0.01),
-    ("imagenet512_edm2_s.py", 64, 280_000_000, 0.01),
-    ("imagenet512_edm2_xl.py", 64, 1_119_000_000, 0.01),
+    ("imagenet64_adm.py", 64, 296_000_000, reference_counts.adm_unet()),
+    ("imagenet512_edm2_s.py", 64, 280_000_000, reference_counts.edm2_unet(192)),
+    ("imagenet512_edm2_xl.py", 64, 1_119_000_000, reference_counts.edm2_unet(384)),
 ]
+TOLERANCE = 0.01
 IDS = [c[0] for c in LARGE]
 
 
@@ -65,15 +68,25 @@ def abstract_state(spec, num_devices: int):
   return build.init_fns(spec, net, tx, mesh)[2]
 
 
-@pytest.mark.parametrize("name,devices,paper,tol", LARGE, ids=IDS)
-def test_large_config_has_the_papers_size_and_its_stated_state_per_device(name, devices, paper, tol):
+def test_the_reference_counts_give_the_papers_published_sizes():
+  # The check on experiments/reference_counts.py: EDM2's Table 2 (all six sizes) and
+  # ADM's 296M, to the published digits.
+  table2 = {128: 125, 192: 280, 256: 498, 320: 777, 384: 1119, 448: 1523}
+  assert {c: round(reference_counts.edm2_unet(c) / 1e6) for c in table2} == table2
+  assert round(reference_counts.adm_unet() / 1e6) == 296
+
+
+@pytest.mark.parametrize("name,devices,paper,counted", LARGE, ids=IDS)
+def test_large_config_has_the_papers_size_and_its_stated_state_per_device(name, devices, paper,
+                                                                        counted):
   config = load(name)
   spec = model_spec(config, devices)  # The run's checks: batch, microbatches, fsdp.
   abstract = abstract_state(spec, devices)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
   with open(os.path.join(ROOT, "configs", name)) as f:
     assert n == stated(f.read(), "Parameters:"), "the docstring states another count"
-  assert abs(n - paper) <= tol * paper, (n, paper)
+  assert abs(n - paper) <= TOLERANCE * paper, (n, paper)
+  assert abs(n - counted) <= TOLERANCE * counted, (n, counted)
   # Each device's share of the parameters, their EMA and Adam's moments: about
   # 1/fsdp of the whole (the small arrays the rule leaves replicated are below 1%).
   whole = 16 * n  # float32 parameters, EMA and two moments.
@@ -88,7 +101,8 @@ def test_large_config_has_the_papers_size_and_its_stated_state_per_device(name, 
   cells = [c.strip() for c in row.strip("|").split("|")]
   assert int(cells[1].replace(",", "")) == n
   assert cells[4] == f"{per_device / 1e9:.2f} GB", (cells[4], per_device)
-  print(f"{name}: {n:,} parameters ({100 * (n - paper) / paper:+.2f}% of {paper:,}); "
+  print(f"{name}: {n:,} parameters ({100 * (n - paper) / paper:+.2f}% of {paper:,}, "
+        f"{100 * (n - counted) / counted:+.2f}% of the paper's network, {counted:,}); "
         f"state {whole / 1e9:.2f} GB, {per_device / 1e9:.3f} GB per device with "
         f"mesh.fsdp={fsdp}")
 
@@ -99,6 +113,18 @@ def test_edm2_configs_name_sds_latent_shape():
                                     "_edm2.py")
   vae = AutoencoderConfig()
   assert edm2.LATENT_SHAPE == (512 // vae.factor, 512 // vae.factor, vae.latent_channels)
+
+
+def test_adm_differs_from_guided_diffusions_network_by_the_layers_its_docstring_lists():
+  # Resampling blocks' 1x1 skips (3 down: 192, 384, 576 channels; 3 up: 768, 576, 384),
+  # a null label row of 768, 3 output channels instead of ADM's 6 (192 x 9 x 3 + 3).
+  skips = sum(c * c + c for c in (192, 384, 576, 768, 576, 384))
+  with open(os.path.join(ROOT, "configs", "imagenet64_adm.py")) as f:
+    doc = f.read()
+  assert stated(doc, "Parameters:") == (reference_counts.adm_unet() + skips + 768
+                                        - (192 * 9 * 3 + 3))
+  assert stated(doc, "these flags has") == reference_counts.adm_unet()
+  assert f"+ {skips:,} (the 1x1 skips" in doc
 
 
 def test_adm_data_reads_imagenet_64(tmp_path):
