@@ -14,8 +14,9 @@ host, mesh.fsdp=4: 1.12 GB per chip), every residual and attention block remater
 (model.remat="block"), 32 images per chip in one microbatch. v5p rather than v5e: every
 batch of 512x512 images goes through SD's VAE encoder inside the train step, whose
 activations at full resolution are the largest buffers of the step.
-Fit NOT checked: `launch check` does not take latent configs yet, and this machine ran
-one ahead-of-time check only (configs/imagenet64_adm.py). What eval_shape shows is the
+Fit NOT checked: `launch check` does not take latent configs yet (and on this machine
+the check of the smaller pixel config, configs/imagenet64_adm.py, did not finish in 25
+minutes). What eval_shape shows is the
 train state's share per chip above (docs/configs.md, "Large configs"); the VAE encoder
 runs in its weight file's dtype (float32 for a converted SD VAE).
 

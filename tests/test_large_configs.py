@@ -4,20 +4,15 @@ device's share of the train state under their mesh.fsdp. Shapes only (jax.eval_s
 nothing is allocated or compiled. The latent configs' U-Nets are built on the latent
 shape of SD's VAE (the VAE's weights are not shipped, so run/build.py cannot load it)."""
 
-import dataclasses
+import json
 import os
 import re
 
-import jax
-import numpy as np
 import pytest
-from jax.sharding import AbstractMesh
 
 from diffusion_jax import config as config_lib
 from diffusion_jax.models.autoencoder import AutoencoderConfig
-from diffusion_jax.run import build, spec as spec_lib
-from diffusion_jax.training import mesh as mesh_lib
-from experiments import reference_counts
+from experiments import large_configs, reference_counts
 from tests.conftest import ROOT
 from tests.data.fake_datasets import prepare_imagenet_resized
 
@@ -34,38 +29,11 @@ TOLERANCE = 0.01
 IDS = [c[0] for c in LARGE]
 
 
-def load(name):
-  return config_lib.load(os.path.join(ROOT, "configs", name))
-
-
 def stated(text: str, label: str) -> int:
   """The integer that follows `label` in a docstring or doc ("Parameters: 1,234")."""
   m = re.search(re.escape(label) + r"\s*([\d,]+)", text)
   assert m, f"no {label!r} in the text"
   return int(m.group(1).replace(",", ""))
-
-
-def model_spec(config, num_devices: int) -> spec_lib.Spec:
-  """The parsed spec, with the U-Net's input the latent (SD's VAE) in latent configs."""
-  spec = spec_lib.parse(config, num_devices)
-  if not spec.latent.autoencoder:
-    return spec
-  # SD's VAE: the AutoencoderConfig defaults are diffusers' AutoencoderKL of SD.
-  vae = AutoencoderConfig()
-  size, channels = spec.data.image_size // vae.factor, vae.latent_channels
-  # As run/build.py does once the autoencoder is loaded: out_channels is the latent's.
-  model = dataclasses.replace(spec.model, out_channels=channels)
-  model.check_input(size, channels, spec.data.num_classes)
-  return dataclasses.replace(
-      spec, model=model, data=dataclasses.replace(spec.data, image_size=size, channels=channels))
-
-
-def abstract_state(spec, num_devices: int):
-  """The train state's shapes and placement on a data x fsdp mesh of num_devices."""
-  fsdp = spec.mesh.fsdp
-  mesh = AbstractMesh((num_devices // fsdp, fsdp), mesh_lib.BATCH_AXES)
-  net, tx = build.model(spec), build.optimizer_of(spec)
-  return build.init_fns(spec, net, tx, mesh)[2]
 
 
 def test_the_reference_counts_give_the_papers_published_sizes():
@@ -79,32 +47,28 @@ def test_the_reference_counts_give_the_papers_published_sizes():
 @pytest.mark.parametrize("name,devices,paper,counted", LARGE, ids=IDS)
 def test_large_config_has_the_papers_size_and_its_stated_state_per_device(name, devices, paper,
                                                                         counted):
-  config = load(name)
-  spec = model_spec(config, devices)  # The run's checks: batch, microbatches, fsdp.
-  abstract = abstract_state(spec, devices)
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  assert large_configs.CONFIGS[name][1] == devices
+  row = large_configs.state_row(name)  # The run's config checks on `devices`, then shapes.
+  n = row["parameters"]
   with open(os.path.join(ROOT, "configs", name)) as f:
     assert n == stated(f.read(), "Parameters:"), "the docstring states another count"
   assert abs(n - paper) <= TOLERANCE * paper, (n, paper)
   assert abs(n - counted) <= TOLERANCE * counted, (n, counted)
   # Each device's share of the parameters, their EMA and Adam's moments: about
   # 1/fsdp of the whole (the small arrays the rule leaves replicated are below 1%).
-  whole = 16 * n  # float32 parameters, EMA and two moments.
-  per_device = sum(mesh_lib.bytes_per_device(getattr(abstract, k))
-                   for k in ("params", "ema_params", "opt_state"))
-  fsdp = spec.mesh.fsdp
-  assert whole / fsdp <= per_device <= 1.01 * whole / fsdp, (per_device, whole)
-  # The docs table gives the same numbers.
+  whole, per_device = 16 * n / 1e9, row["per_device_gb"]
+  assert whole / row["fsdp"] - 0.001 <= per_device <= 1.01 * whole / row["fsdp"], row
+  # experiments/README.md's table (its recorded output) and docs/configs.md say the same.
+  with open(os.path.join(ROOT, "experiments", "results", "large_configs_state.jsonl")) as f:
+    assert row in [json.loads(line) for line in f], "the recorded output differs"
   with open(os.path.join(ROOT, "docs", "configs.md")) as f:
-    docs = f.read()
-  row = next(line for line in docs.splitlines() if line.startswith(f"| `configs/{name}`"))
-  cells = [c.strip() for c in row.strip("|").split("|")]
-  assert int(cells[1].replace(",", "")) == n
-  assert cells[4] == f"{per_device / 1e9:.2f} GB", (cells[4], per_device)
+    docs = f.read().split("## Large configs (pods)")[1]
+  cells = next(line for line in docs.splitlines() if line.startswith(f"| `configs/{name}`"))
+  cells = [c.strip() for c in cells.strip("|").split("|")]
+  assert int(cells[1].replace(",", "")) == n and cells[4] == f"{per_device:.2f} GB", cells
   print(f"{name}: {n:,} parameters ({100 * (n - paper) / paper:+.2f}% of {paper:,}, "
         f"{100 * (n - counted) / counted:+.2f}% of the paper's network, {counted:,}); "
-        f"state {whole / 1e9:.2f} GB, {per_device / 1e9:.3f} GB per device with "
-        f"mesh.fsdp={fsdp}")
+        f"state {whole:.2f} GB, {per_device:.3f} GB per device with mesh.fsdp={row['fsdp']}")
 
 
 def test_edm2_configs_name_sds_latent_shape():
@@ -130,7 +94,7 @@ def test_adm_differs_from_guided_diffusions_network_by_the_layers_its_docstring_
 def test_adm_data_reads_imagenet_64(tmp_path):
   from diffusion_jax.data import pipeline
   prepare_imagenet_resized(str(tmp_path))
-  d = load("imagenet64_adm.py").data
+  d = large_configs.load("imagenet64_adm.py").data
   d.data_dir = str(tmp_path)
   d.read_threads = 0
   pipeline.check(d, {"data.split": (d.split, 4)})
@@ -146,7 +110,7 @@ def test_imagenet2012_images_of_any_shape_come_out_at_the_configs_size(tmp_path,
   from diffusion_jax.data import pipeline
   from tests.data.fake_datasets import prepare_imagenet2012
   prepare_imagenet2012(str(tmp_path))
-  d = load(name).data
+  d = large_configs.load(name).data
   d.name, d.data_dir, d.read_threads = "imagenet2012", str(tmp_path), 0
   pipeline.check(d, {"data.split": (d.split, 4)})
   batch = next(pipeline.make_iterator(d, 4, seed=0))
