@@ -120,4 +120,11 @@ def base(channels: int, dropout: float, mimg: int, num_heads: int):
   s.guidance_scale = 1.0
   s.num_samples = 1024
   s.batch_size = 256
+  s.cond_split = "validation"  # imagenet2012's "test" split has no labels.
+
+  e = c.eval
+  e.metrics = "fd"  # bits/dim would be of the latents (refused in latent space).
+  e.reference_split = "train"  # EDM2's FID reference: the training images.
+  e.num_samples = 50_000
+  e.batch_size = 256
   return c

@@ -106,4 +106,8 @@ def get_config():
   s.guidance_scale = 1.0
   s.num_samples = 1024
   s.batch_size = 256
+  s.cond_split = "validation"  # imagenet_resized and imagenet2012 have no "test" labels.
+
+  e = c.eval
+  e.split = "validation"  # --mode=eval: bits/dim of the validation split.
   return c
