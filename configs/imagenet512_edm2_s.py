@@ -11,14 +11,14 @@ Parameters: 279,615,364 (eval_shape on the 64x64x4 latent; tests/test_large_conf
 Scale settings, for a v5p-128 slice (`v5p:4x4x4`, 64 chips of 95 GiB, 4 per host): bf16
 compute with float32 parameters, EMA and Adam state (4.47 GB; split over the 4 chips of a
 host, mesh.fsdp=4: 1.12 GB per chip), every residual and attention block rematerialised
-(model.remat="block"), 32 images per chip in one microbatch. v5p rather than v5e: every
-batch of 512x512 images goes through SD's VAE encoder inside the train step, whose
-activations at full resolution are the largest buffers of the step.
+(model.remat="block"), 32 images per chip in one microbatch. v5p (95 GiB) rather than
+v5e (16 GiB): every batch of 512x512 images also goes through SD's VAE encoder inside
+the train step, in its weight file's dtype (float32 for a converted SD VAE), and its
+activations at 512x512 come on top of the U-Net's (not measured).
 Fit NOT checked: `launch check` does not take latent configs yet (and on this machine
-the check of the smaller pixel config, configs/imagenet64_adm.py, did not finish in 25
-minutes). What eval_shape shows is the
-train state's share per chip above (docs/configs.md, "Large configs"); the VAE encoder
-runs in its weight file's dtype (float32 for a converted SD VAE).
+the check of the pixel config, configs/imagenet64_adm.py, did not finish in 25 minutes).
+What eval_shape shows is the train state's share per chip above (docs/configs.md,
+"Large configs").
 
 Command (on every host of the slice; sd_vae.npz from diffusion_jax.models.convert_vae):
   python -m diffusion_jax.main --config=configs/imagenet512_edm2_s.py --workdir=gs://BUCKET/runs/edm2_s \
