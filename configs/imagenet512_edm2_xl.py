@@ -11,7 +11,8 @@ Parameters: 1,116,466,948 (eval_shape on the 64x64x4 latent; tests/test_large_co
 Scale settings, for a v5p-128 slice (`v5p:4x4x4`, 64 chips of 95 GiB, 4 per host): bf16
 compute with float32 parameters, EMA and Adam state (17.86 GB; split over the 4 chips of
 a host, mesh.fsdp=4: 4.47 GB per chip), every residual and attention block
-rematerialised (model.remat="block"), 32 images per chip in 2 microbatches of 16.
+rematerialised (model.remat="block"), 32 images per chip in 2 microbatches of 16 (the
+microbatches split the U-Net's work; SD's VAE encodes all 32 first: training/step.py).
 Fit NOT checked (see configs/imagenet512_edm2_s.py); per-chip train state from
 eval_shape in docs/configs.md, "Large configs".
 
