@@ -33,7 +33,8 @@ def abstract_apply(config, batch=2):
   return variables["params"], out
 
 
-# Latent configs: the config of the autoencoder run their latent.autoencoder names.
+# Latent configs: the config of the autoencoder run their latent.autoencoder names
+# (configs naming a converted weight file, *.npz, use SD's VAE).
 LATENT_AUTOENCODERS = {"photo_latent.py": "photo_autoencoder.py"}
 
 
@@ -43,7 +44,9 @@ def test_every_config_validates_and_has_the_right_output_shape(path):
   from diffusion_jax.run import autoencoder as ae_run, build
   config = load_config(path)
   d = config.data
-  spec = build.kind_of(config).parse(config, num_devices=1)
+  # As many devices as the config's mesh.fsdp needs (the pod configs split over 4).
+  devices = max(1, config.mesh.fsdp)
+  spec = build.kind_of(config).parse(config, num_devices=devices)
   if spec.kind == "autoencoder":  # Reconstructions of the images, through latents.
     net = ae_lib.AutoencoderKL(spec.autoencoder)
     x = jnp.zeros((2, d.image_size, d.image_size, d.channels))
@@ -54,10 +57,13 @@ def test_every_config_validates_and_has_the_right_output_shape(path):
         spec.autoencoder.latent_channels)
     return
   if config.latent.autoencoder:  # The U-Net's input is the latent of its autoencoder.
-    ae_config = load_config(os.path.join(ROOT, "configs", LATENT_AUTOENCODERS[os.path.basename(path)]))
-    ae = ae_run.parse(ae_config, 1).autoencoder
-    assert ae_config.data.name == d.name and ae_config.data.image_size == d.image_size
-    spec = spec_lib.parse(config, num_devices=1)
+    if config.latent.autoencoder.endswith(".npz"):  # A converted SD VAE (not shipped):
+      ae = ae_lib.AutoencoderConfig()  # the defaults are SD's VAE.
+    else:
+      ae_config = load_config(os.path.join(ROOT, "configs", LATENT_AUTOENCODERS[os.path.basename(path)]))
+      ae = ae_run.parse(ae_config, 1).autoencoder
+      assert ae_config.data.name == d.name and ae_config.data.image_size == d.image_size
+    spec = spec_lib.parse(config, num_devices=devices)
     # As run/build.py does once the autoencoder is loaded: out_channels is the latent's.
     d.image_size, d.channels = d.image_size // ae.factor, ae.latent_channels
     spec.model.__class__(**{**vars(spec.model), "out_channels": ae.latent_channels}
