@@ -152,7 +152,7 @@ def part_cache(args, scratch: str) -> None:
 
 
 def step_rates(out: str, after: int) -> list[float]:
-  return [float(m.group(2)) for m in re.finditer(r"step (\d+)/\d+ .*?steps_per_s ([\d.e+-]+)", out)
+  return [float(m.group(2)) for m in re.finditer(r"step (\d+)/\d+ .*?\| ([\d.]+) steps/s", out)
           if int(m.group(1)) > after]
 
 
