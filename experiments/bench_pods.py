@@ -185,7 +185,8 @@ def part_split(args, scratch: str) -> None:
     _, total, _ = launch(["--config=configs/digits.py", f"--workdir={wd}", *overrides(**{
         "training.num_steps": args.split_steps, "training.log_every": 1,
         "training.checkpoint_every": args.split_steps, "training.sample_at_end": False,
-        "eval.every_steps": 0})], {}, processes=processes, devices=devices)
+        "eval.every_steps": 0, "sample.batch_size": 64})], {}, processes=processes,
+        devices=devices)
     runs[(processes, devices)] = (wd, total)
   # Readers of a run's files (imported after the runs: the tests' conftest sets the
   # tests' XLA flags and compilation cache for processes started later).
