@@ -293,6 +293,18 @@ def test_latent_cache_holds_each_records_posterior_and_is_built_once(autoencoder
   np.testing.assert_allclose(moments, np.concatenate([post.mean, post.logvar], -1), atol=1e-5)
   np.testing.assert_array_equal(np.load(os.path.join(path, cache_data.LABELS))[:20],
                                 first["label"])
+  # The same pipeline: the same records at the same positions, and a saved position of
+  # one continues the other (a run may resume with or without the cache).
+  cached = pipeline.make_iterator(data, 16, 3, cache=path)
+  pixels = pipeline.make_iterator(data, 16, 3)
+  a = next(cached)
+  np.testing.assert_array_equal(a["label"], next(pixels)["label"])
+  assert sorted(a) == ["label", "moments"] and a["moments"].shape == (16, 4, 4, 8)
+  resumed_pixels = pipeline.make_iterator(data, 16, 0)
+  resumed_pixels.restore(cached.state())
+  np.testing.assert_array_equal(next(resumed_pixels)["label"], next(cached)["label"])
+  for it in (cached, pixels, resumed_pixels):
+    it.close()
   # Built again for the same autoencoder and data: nothing to do.
   before = os.stat(os.path.join(path, cache_data.MOMENTS)).st_mtime_ns
   again = build_cache(*cache_args(resumed, path))
