@@ -10,6 +10,8 @@ A cache is a directory:
                 variance (the encoder's clipped output) concatenated along channels;
                 V = 2 when data.random_flip (the record, then its mirror image), else 1
   label.npy     int32 (N,), when the data has class labels
+The directory is local (memory-mapped when read; each process of a multi-host run
+reads its own slices of it, so each host needs a copy or a shared filesystem).
 Record i is record i of the split, so an example position reads the same record as
 the pixel pipeline; the mirror image is taken where the pixel pipeline would flip.
 """

@@ -303,7 +303,13 @@ def test_latent_cache_holds_each_records_posterior_and_is_built_once(autoencoder
   resumed_pixels = pipeline.make_iterator(data, 16, 0)
   resumed_pixels.restore(cached.state())
   np.testing.assert_array_equal(next(resumed_pixels)["label"], next(cached)["label"])
-  for it in (cached, pixels, resumed_pixels):
+  # Each of 2 processes reads its half of every global batch.
+  halves = [pipeline.make_iterator(data, 16, 3, process_index=p, process_count=2, cache=path)
+            for p in (0, 1)]
+  whole = pipeline.make_iterator(data, 16, 3, cache=path)
+  np.testing.assert_array_equal(np.concatenate([next(h)["moments"] for h in halves]),
+                                next(whole)["moments"])
+  for it in (cached, pixels, resumed_pixels, whole, *halves):
     it.close()
   # Built again for the same autoencoder and data: nothing to do.
   before = os.stat(os.path.join(path, cache_data.MOMENTS)).st_mtime_ns
