@@ -342,45 +342,6 @@ def test_latent_cache_of_another_autoencoder_is_refused_unless_rebuilt(
   assert sorted(os.listdir(tmp_path)) == ["cache", "other.npz"]  # No leftovers.
 
 
-def test_cached_latents_give_the_same_losses_as_encoding_each_batch(autoencoder, tmp_path,
-                                                                    data_dir):
-  """The real train step, from the same seed, on the first two batches: encoding each
-  batch, and sampling the cached posteriors with the same keys (mirror images too)."""
-  from diffusion_jax.config import files
-  from diffusion_jax.data import pipeline
-  from diffusion_jax.run import build, latent_cache
-  from diffusion_jax.training import mesh as mesh_lib
-  from tests.conftest import ROOT, apply_overrides, tiny_overrides
-  _, resumed, _, _ = autoencoder
-  cache = str(tmp_path / "flipped")
-  over = {**tiny_overrides(), **LATENT_RUN, "latent.autoencoder": resumed,
-          "data.random_flip": True}
-  config = apply_overrides(files.load(os.path.join(ROOT, "configs/digits.py")), over)
-  mesh = mesh_lib.make_mesh()
-  with config.unlocked():
-    config.latent.cache = cache
-  status, info = latent_cache.build(config, mesh=mesh, log=lambda s: None)
-  assert status == "built" and info["moments_shape"][1] == 2  # The mirror images too.
-  losses = {}
-  for name in ("encode", "cache"):
-    with config.unlocked():
-      config.latent.cache = cache if name == "cache" else ""
-    spec, _, _ = build.checked(config, str(tmp_path / name), "train", mesh.devices.size)
-    net, tx = build.model(spec), build.optimizer_of(spec)
-    init, key, abstract = build.init_fns(spec, net, tx, mesh)
-    step = build.jitted_train_step(spec, net, tx, mesh, abstract)
-    it = pipeline.make_iterator(spec.data, spec.training.batch_size, spec.seed,
-                                cache=spec.latent.cache)
-    state, losses[name] = init(key), []
-    for _ in range(2):
-      batch = next(it)
-      assert ("moments" in batch) == (name == "cache") and ("image" in batch) != (name == "cache")
-      state, metrics = step(state, mesh_lib.global_batch(batch, mesh))
-      losses[name].append(float(metrics["loss"]))
-    it.close()
-  np.testing.assert_allclose(losses["cache"], losses["encode"], rtol=1e-5)
-
-
 def test_latent_diffusion_trains_from_a_latent_cache(autoencoder, latent_run, latent_cache_dir,
                                                      tmp_path, data_dir):
   _, resumed, _, _ = autoencoder
