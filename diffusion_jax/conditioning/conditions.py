@@ -13,6 +13,14 @@ user-facing forms of each condition:
 Image conditions are made from clean images by `degrade` (in the train step, on
 device, from the step's key) and turned into the U-Net's concatenated input by
 `model_image`; sampling takes the same user-facing forms from files or a dataset.
+
+Latent diffusion (docs/latent.md): the user-facing forms stay in pixels and
+`latent_image` makes the U-Net's input at the latent's size, as the method requires:
+super-resolution resizes the low-resolution image to the latent's size (LDM's SR);
+colourisation encodes the gray image (as a gray RGB image) with the autoencoder;
+inpainting encodes the masked image and area-downsamples the mask (the fraction of
+each latent pixel's f x f pixels that is known; Stable Diffusion's inpainting input).
+Encodings are the posterior mean, scaled as the diffusion model's latents.
 """
 
 import dataclasses
@@ -66,6 +74,10 @@ class ImageCondition(NamedTuple):
   # (x, {key: array}, cond_cfg) -> x changed as little as possible to satisfy the
   # condition exactly (sample.project): the nearest consistent image.
   project: Callable
+  # ({key: array}, latent size, encode) -> (B, h, w, k): the U-Net's input in latent
+  # space; encode(images in [-1, 1]) -> the diffusion model's latents.
+  latent_image: Callable
+  latent_channels: Callable  # (data channels, latent channels) -> k.
 
 
 IMAGE_CONDITIONS = {
@@ -80,7 +92,9 @@ IMAGE_CONDITIONS = {
         shapes=lambda size, ch, c: {"lowres": (size // c.sr_factor, size // c.sr_factor, ch)},
         # Adds the block-constant correction, so area-downsampling gives the input.
         project=lambda x, b, c: x + jnp.repeat(jnp.repeat(
-            b["lowres"] - area_downsample(x, c.sr_factor), c.sr_factor, 1), c.sr_factor, 2)),
+            b["lowres"] - area_downsample(x, c.sr_factor), c.sr_factor, 1), c.sr_factor, 2),
+        latent_image=lambda b, size, encode: upsample(b["lowres"], size),
+        latent_channels=lambda ch, latent: ch),
     "gray": ImageCondition(
         keys=("gray",),
         check=lambda c, size, ch: require(
@@ -90,7 +104,9 @@ IMAGE_CONDITIONS = {
         channels=lambda ch: 1,
         shapes=lambda size, ch, c: {"gray": (size, size, 1)},
         # The luma weights sum to 1: adding d to R, G and B adds d to the luminance.
-        project=lambda x, b, c: x + (b["gray"] - luminance(x))),
+        project=lambda x, b, c: x + (b["gray"] - luminance(x)),
+        latent_image=lambda b, size, encode: encode(jnp.repeat(b["gray"], 3, axis=-1)),
+        latent_channels=lambda ch, latent: latent),
     "inpaint": ImageCondition(
         keys=("masked", "mask"),
         check=lambda c, size, ch: require(
@@ -100,7 +116,11 @@ IMAGE_CONDITIONS = {
         model_image=lambda b, size: jnp.concatenate([b["masked"] * b["mask"], b["mask"]], -1),
         channels=lambda ch: ch + 1,
         shapes=lambda size, ch, c: {"masked": (size, size, ch), "mask": (size, size, 1)},
-        project=lambda x, b, c: b["mask"] * b["masked"] + (1 - b["mask"]) * x),
+        project=lambda x, b, c: b["mask"] * b["masked"] + (1 - b["mask"]) * x,
+        latent_image=lambda b, size, encode: jnp.concatenate(
+            [encode(b["masked"] * b["mask"]),
+             area_downsample(b["mask"], b["mask"].shape[1] // size)], -1),
+        latent_channels=lambda ch, latent: latent + 1),
 }
 
 
@@ -133,14 +153,32 @@ class CondConfig:
             f"model.cond_image_channels={model_cfg.cond_image_channels}, but "
             f"cond.image={self.image!r} gives {want} channels")
 
+  def check_latent(self, model_cfg: UNetConfig, image_size: int, channels: int,
+                   latent_channels: int) -> None:
+    """The image condition against the data and a latent U-Net's conditioning input."""
+    want = 0
+    if self.image:
+      spec = IMAGE_CONDITIONS[self.image]
+      spec.check(self, image_size, channels)
+      want = spec.latent_channels(channels, latent_channels)
+    require(model_cfg.cond_image_channels == want,
+            f"model.cond_image_channels={model_cfg.cond_image_channels}, but "
+            f"cond.image={self.image!r} gives {want} channels in latent space "
+            f"({latent_channels} latent channels; docs/latent.md)")
+
 
 NO_IMAGE = CondConfig()  # No image condition.
 
 
-def make_cond(model_cfg: UNetConfig, cond_cfg, batch: dict, image_size: int) -> Cond:
-  """The U-Net's Cond from a batch's user-facing conditions."""
+def make_cond(model_cfg: UNetConfig, cond_cfg, batch: dict, image_size: int,
+              encode: Callable | None = None) -> Cond:
+  """The U-Net's Cond from a batch's user-facing conditions; `image_size` is the
+  U-Net's. A latent U-Net's image condition is made with `encode` (images in [-1, 1]
+  -> the diffusion model's latents; see the module docstring)."""
   image = None
-  if cond_cfg.image:
+  if cond_cfg.image and encode is not None:
+    image = IMAGE_CONDITIONS[cond_cfg.image].latent_image(batch, image_size, encode)
+  elif cond_cfg.image:
     image = IMAGE_CONDITIONS[cond_cfg.image].model_image(batch, image_size)
   return Cond(labels=batch.get("label") if model_cfg.num_classes else None, image=image,
               tokens=batch.get("tokens") if model_cfg.text == "tokens" else None,

@@ -79,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Diffusion runs: the autoencoder whose latent space the U-Net works in: the workdir
   # of an autoencoder run, or a converted weight file (models/convert_vae.py); "" = pixels.
   la.autoencoder = ""
+  # Diffusion runs: a latent cache of data.split under that autoencoder (built by
+  # python -m diffusion_jax.run.latent_cache), read instead of encoding each batch; "" = encode.
+  la.cache = ""
   # Autoencoder runs: batches of the training split whose posterior samples give the
   # latent scale (1 / their std), computed at the end of training.
   la.scale_batches = 8

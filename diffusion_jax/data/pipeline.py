@@ -13,7 +13,7 @@ with the package, and folders of images (`data.name="image_folder"`).
 
 import dataclasses
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grain
 import jax
@@ -21,7 +21,7 @@ import numpy as np
 
 from diffusion_jax.conditioning.tokenizer import build_vocab, words
 from diffusion_jax.config.errors import require, section_values
-from diffusion_jax.data import image_folder, tfds_source
+from diffusion_jax.data import image_folder, latent_cache, tfds_source
 from diffusion_jax.data.order import GlobalOrder, ProcessSlice
 from diffusion_jax.data.preprocess import Preprocess, TextSpec, fit_image, stack
 from diffusion_jax.data.source import CachedRecords, DataError, Source, read
@@ -142,7 +142,7 @@ class InputIterator(Iterator[dict]):
   """
 
   def __init__(self, data_cfg, records, split_size: int, global_batch: int, seed: int,
-               preprocess: Preprocess, process_index: int, process_count: int):
+               preprocess: Callable, process_index: int, process_count: int):
     self._cfg, self._records, self._size = data_cfg, records, split_size
     self._global_batch, self._seed, self._preprocess = global_batch, seed, preprocess
     self._process_index, self._process_count = process_index, process_count
@@ -206,20 +206,31 @@ class InputIterator(Iterator[dict]):
 
 
 def make_iterator(data_cfg, global_batch: int, seed: int, text: TextSpec = TextSpec(),
-                  process_index: int | None = None,
-                  process_count: int | None = None) -> InputIterator:
+                  process_index: int | None = None, process_count: int | None = None,
+                  cache: str = "") -> InputIterator:
   """This process's iterator over global batches of `global_batch` examples of
-  `data_cfg.split` (process index and count default to JAX's)."""
+  `data_cfg.split` (process index and count default to JAX's). With `cache`, a latent
+  cache of that split (data/latent_cache.py, checked against the run by its builder's
+  module), batches hold the posteriors' `moments` instead of `image`, in the same
+  order and at the same positions."""
   p = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   require(count > 0 and 0 <= p < count,
           f"process_index={p} must be in [0, process_count={count})")
   require(global_batch > 0 and global_batch % count == 0,
           f"the global batch {global_batch} does not split evenly over {count} processes")
-  source = open_source(data_cfg)
+  source = latent_cache.LatentCache(cache) if cache else open_source(data_cfg)
   size = source.split_size(data_cfg.split, "data.split")
   require(size >= global_batch, f"data.split={data_cfg.split!r} of {source.name} has {size} "
           f"examples, fewer than one global batch ({global_batch})")
+  if cache:
+    require(not text.tokenizer and not text.emb_key,
+            f"{source.name} holds no text: a latent cache serves labels only")
+    label_key = "label" if data_cfg.num_classes else ""
+    prep = latent_cache.LatentPreprocess(label_key, data_cfg.random_flip, seed)
+    # A memory map: read where needed, nothing to keep in memory.
+    return InputIterator(data_cfg, source.records(data_cfg.split), size, global_batch, seed,
+                         prep, p, count)
   prep = Preprocess(image_key=data_cfg.image_key,
                     label_key=data_cfg.label_key if data_cfg.num_classes else "",
                     text_key=data_cfg.text_key, image_size=data_cfg.image_size,

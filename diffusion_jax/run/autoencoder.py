@@ -165,11 +165,12 @@ def meta(spec: AutoencoderSpec, tokenizer=None) -> dict:
                                 "channels": spec.data.channels}))
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+  """A nested dict as {"a.b.c": leaf}."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
+      out.update(flatten(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
@@ -179,7 +180,7 @@ def meta_diff(saved: dict, want: dict) -> list[str]:
   """The fields in which a checkpoint's metadata and the config's differ."""
   if saved.get("kind", "diffusion") != want["kind"]:
     return ["kind"]
-  a, b = _flat(saved), _flat(want)
+  a, b = flatten(saved), flatten(want)
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
@@ -255,5 +256,5 @@ def finish(spec: AutoencoderSpec, workdir: str, state, mesh, net, tokenizer, wri
   distributed.sync("latent scale written")
 
 
-__all__ = ["AutoencoderSpec", "LATENT_SCALE", "latent_scale", "parse", "read_latent_scale",
-           "scale_of"]
+__all__ = ["AutoencoderSpec", "LATENT_SCALE", "flatten", "latent_scale", "parse",
+           "read_latent_scale", "scale_of"]

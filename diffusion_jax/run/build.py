@@ -13,6 +13,7 @@ from diffusion_jax.data import pipeline
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.run import autoencoder as ae_run
 from diffusion_jax.run import latent as latent_lib
+from diffusion_jax.run import latent_cache
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.run import workdir as workdir_lib
 from diffusion_jax.training import checkpoint, distributed, mesh as mesh_lib, optimizer
@@ -57,6 +58,9 @@ def _check_diffusion(spec: spec_lib.Spec, mode: str) -> spec_lib.Spec:
       raise ConfigError(*(f"{p} (the U-Net's input is the {h}x{h}x{c} latent of "
                           f"latent.autoencoder={spec.latent.autoencoder!r})"
                           for p in e.problems)) from None
+    spec.cond.check_latent(net_cfg, d.image_size, d.channels, c)
+    if spec.latent.cache and mode == "train":
+      latent_cache.check(spec.latent.cache, ae, d, spec.config)
     spec = dataclasses.replace(spec, autoencoder=ae, model=net_cfg)
   return spec
 
@@ -72,9 +76,13 @@ def _diffusion_init(spec: spec_lib.Spec, net: UNet, tx):
 
 
 def _diffusion_step(spec: spec_lib.Spec, net: UNet, tx):
-  encode = latent_lib.encoder(spec.autoencoder.config) if spec.autoencoder else None
+  encode = sample_cached = None
+  if spec.autoencoder and spec.latent.cache:
+    sample_cached = latent_lib.cached_sampler(spec.autoencoder.config)
+  elif spec.autoencoder:
+    encode = latent_lib.encoder(spec.autoencoder.config)
   return make_train_step(net, tx, spec.diffusion, spec.training.ema_decay, spec.dropout,
-                         spec.cond, spec.training.microbatches, encode)
+                         spec.cond, spec.training.microbatches, encode, sample_cached)
 
 
 def _diffusion_text(spec: spec_lib.Spec, tokenizer) -> pipeline.TextSpec:
@@ -110,6 +118,7 @@ class Kind:
   text: Callable  # (spec, tokenizer) -> pipeline.TextSpec of the input pipeline.
   finish: Callable  # (spec, workdir, state, mesh, net, tokenizer, writer) after training.
   tokenizer: Callable = lambda spec, workdir, found: None  # The run's, if it reads text.
+  cache: Callable = lambda spec: ""  # The latent cache training reads ("" = the data).
 
 
 KINDS = {
@@ -118,7 +127,7 @@ KINDS = {
         init_state=_diffusion_init, train_step=_diffusion_step,
         meta=workdir_lib.model_meta, meta_diff=workdir_lib.model_meta_diff,
         meaning=workdir_lib.MEANING, text=_diffusion_text, finish=_diffusion_finish,
-        tokenizer=workdir_lib.tokenizer),
+        tokenizer=workdir_lib.tokenizer, cache=lambda spec: spec.latent.cache),
     ae_run.KIND: Kind(
         parse=ae_run.parse, check=ae_run.check, model=ae_run.model,
         init_state=ae_run.init_state, train_step=ae_run.train_step, meta=ae_run.meta,
@@ -186,9 +195,12 @@ def train_step(spec, net, tx):
 
 
 def encoder_params(spec):
-  """The extra input of a latent diffusion run's train step (None otherwise)."""
+  """The extra input of a latent diffusion run's train step (None otherwise, and when
+  it reads a latent cache: the encoder does not run)."""
   ae = getattr(spec, "autoencoder", None)
-  return ae.params if isinstance(ae, latent_lib.Autoencoder) else None
+  if not isinstance(ae, latent_lib.Autoencoder) or spec.latent.cache:
+    return None
+  return ae.params
 
 
 def jitted_train_step(spec, net, tx, mesh, abstract=None):

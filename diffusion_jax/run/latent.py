@@ -29,12 +29,16 @@ from diffusion_jax.training import checkpoint, optimizer
 class LatentConfig:
   """The diffusion run's fields of the `latent` section."""
   autoencoder: str  # "" = pixel space.
+  cache: str = ""  # A latent cache (run/latent_cache.py) training reads; "" = encode.
 
   @classmethod
   def from_config(cls, section) -> "LatentConfig":
-    path = section.autoencoder
+    path, cache = section.autoencoder, section.get("cache", "")
     require(isinstance(path, str), f"latent.autoencoder={path!r} must be a path (or \"\")")
-    return cls(autoencoder=path)
+    require(isinstance(cache, str), f"latent.cache={cache!r} must be a path (or \"\")")
+    require(not cache or path, f"latent.cache={cache!r} without latent.autoencoder: a "
+            "cache holds the latents of one autoencoder; name it")
+    return cls(autoencoder=path, cache=cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +124,26 @@ def check_data(ae: Autoencoder, image_size: int, channels: int) -> None:
 
 
 def encoder(cfg: ae_lib.AutoencoderConfig) -> Callable:
-  """fn(params, images, key) -> the diffusion model's latents of images in [-1, 1]."""
+  """fn(params, images, key) -> the diffusion model's latents of images in [-1, 1]: a
+  posterior sample, or with key None the posterior mean (image conditions)."""
   net = ae_lib.AutoencoderKL(cfg)
 
-  def encode(params, images, key):
-    z = net.apply({"params": params}, images, method="encode").sample(key)
+  def encode(params, images, key=None):
+    posterior = net.apply({"params": params}, images, method="encode")
+    z = posterior.mode() if key is None else posterior.sample(key)
     return jax.lax.stop_gradient(ae_lib.normalize_latents(cfg, z))
   return encode
+
+
+def cached_sampler(cfg: ae_lib.AutoencoderConfig) -> Callable:
+  """fn(moments, key) -> the diffusion model's latents of a latent cache's posteriors
+  (mean and log variance along channels): the same sample `encoder` draws with `key`."""
+
+  def sample(moments, key):
+    mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
+    z = ae_lib.DiagonalGaussian(mean, logvar).sample(key)
+    return ae_lib.normalize_latents(cfg, z)
+  return sample
 
 
 def decoder(cfg: ae_lib.AutoencoderConfig) -> Callable:
@@ -139,4 +156,5 @@ def decoder(cfg: ae_lib.AutoencoderConfig) -> Callable:
   return decode
 
 
-__all__ = ["Autoencoder", "LatentConfig", "check_data", "decoder", "encoder", "load"]
+__all__ = ["Autoencoder", "LatentConfig", "cached_sampler", "check_data", "decoder", "encoder",
+           "load"]

@@ -23,11 +23,13 @@ def make_sample_fn(spec: spec_lib.Spec, net, mesh, guide=None):
   """The compiled sampler of a run: fn(sampling_params(spec, params, guide), key, inputs)
   -> images in [-1, 1] (a latent run's samples decoded); `guide`, a Guide
   (load_guide) of a weaker model, autoguides them."""
-  decode = latent_lib.decoder(spec.autoencoder.config) if spec.autoencoder else None
+  ae = spec.autoencoder
+  decode = latent_lib.decoder(ae.config) if ae else None
+  encode = latent_lib.encoder(ae.config) if ae and spec.cond.image else None
   guide_net = (build.model(guide.spec), guide.spec.diffusion) if guide else None
   return generate.make_sample_fn(net, spec.diffusion, spec.sampler, spec.model_shape, mesh,
                                  spec.cond, spec.sample_set.project, spec.guidance,
-                                 spec.guidance_config, guide_net, decode)
+                                 spec.guidance_config, guide_net, decode, encode)
 
 
 def sampling_params(spec: spec_lib.Spec, params, guide=None):

@@ -91,9 +91,17 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
 
   if parsed.get("latent") and parsed["latent"].autoencoder:
     # The U-Net's input is the latent: checked against it once it is loaded (build.py).
-    cross(("cond",), lambda c: require(
-        not c.image, f"cond.image={c.image!r} with latent.autoencoder: image conditions "
-        "are not supported in latent space yet (class labels and text are)"))
+    cross(("cond", "sample_set"), lambda c, s: require(
+        not (c.image and s.project), f"sample.project with cond.image={c.image!r} and "
+        "latent.autoencoder: the projection is onto images, the samples are latents"))
+    if parsed["latent"].cache:
+      cross(("cond",), lambda c: require(
+          not c.image, f"latent.cache with cond.image={c.image!r}: image conditions are "
+          "made from each batch's pixels, which a latent cache does not hold; train with "
+          "latent.cache=\"\" (the encoder runs on each batch)"))
+      cross(("model",), lambda m: require(
+          not m.text, f"latent.cache with model.text={m.text!r}: a latent cache holds "
+          "class labels only, no text; train with latent.cache=\"\""))
   else:
     cross(("model", "data"),
           lambda m, d: m.check_input(d.image_size, d.channels, d.num_classes))

@@ -79,7 +79,7 @@ def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preemp
   writer = MetricWriter(str(epath.Path(workdir) / "tensorboard"), tcfg.num_steps, listeners)
   kind = build.kind_of(spec)
   it = distributed.checked(pipeline.make_iterator, spec.data, tcfg.batch_size,
-                           spec.seed, kind.text(spec, tokenizer))
+                           spec.seed, kind.text(spec, tokenizer), cache=kind.cache(spec))
   meta = kind.meta(spec, tokenizer)
   if found.latest is not None:
     step, state, position, failed = build.restore_state(spec, workdir, found, mesh,

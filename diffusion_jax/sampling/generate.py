@@ -46,7 +46,7 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
                    project: bool = False, scales: dict | None = None,
                    guidance_cfg: guidance.GuidanceConfig = guidance.GuidanceConfig(),
                    guide: tuple[UNet, diffusion.Diffusion] | None = None,
-                   decode: Callable | None = None
+                   decode: Callable | None = None, encode: Callable | None = None
                    ) -> Callable[[object, jax.Array, dict], jax.Array]:
   """A compiled fn(params, key, inputs) -> images in [-1, 1], sharded over `data`.
 
@@ -59,7 +59,9 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
   `params` are then (the model's, the guide's).
 
   Latent diffusion: `image_shape` is the latent's, and `decode(decoder_params, z)`
-  turns the samples into images; params is then (the above, decoder params)."""
+  turns the samples into images; params is then (the above, decoder params). An
+  image condition is then brought into latent space with `encode(decoder params,
+  images) -> latents` (conditions.make_cond)."""
   mcfg = model.config
   null = lambda cond, which: conditions.null(cond, which, mcfg.num_classes)
 
@@ -78,7 +80,10 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
     denoise = guidance.guided(diffusion.make_denoiser(apply, diff), scales or {}, null,
                               guide=guide_denoise, guide_scale=guidance_cfg.autoguidance_scale,
                               interval=guidance_cfg.interval, schedule=diff.schedule)
-    cond = conditions.make_cond(mcfg, cond_cfg, inputs, image_shape[0])
+    latent_encode = None
+    if decode is not None and encode is not None:
+      latent_encode = lambda x: encode(decoder_params, x)
+    cond = conditions.make_cond(mcfg, cond_cfg, inputs, image_shape[0], latent_encode)
     batch = jax.tree.leaves(inputs)[0].shape[0]
     x = samplers.sample(denoise, diff.schedule, cfg, (batch,) + image_shape, cond, key)
     if project and cond_cfg.image:

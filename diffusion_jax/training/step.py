@@ -17,13 +17,18 @@ ENCODE_STREAM = 1 << 20
 
 def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusion.Diffusion,
                     ema_decay: float, dropout: dict, cond_cfg=None, microbatches: int = 1,
-                    encode: Callable | None = None
+                    encode: Callable | None = None, sample_cached: Callable | None = None
                     ) -> Callable[..., tuple[TrainState, dict]]:
   """Builds train_step(state, batch) -> (state, metrics).
 
   With `encode(encoder_params, images, key) -> latents` (latent diffusion), the step
   is train_step(state, batch, encoder_params): the batch's images are encoded first
-  (with a key of their own) and the network learns to denoise the latents.
+  (with a key of their own) and the network learns to denoise the latents; an image
+  condition is made from the clean images and brought into latent space
+  (conditions.make_cond; `encode` with key None gives the posterior mean). With
+  `sample_cached(moments, key) -> latents` instead, batches come from a latent cache
+  (their `moments` are the posteriors of their images) and the latents are drawn
+  with the same key: the same latents as encoding, without the encoder.
 
   `dropout` maps each condition ("labels", "text", "image") to the probability that
   it is replaced by its null (classifier-free guidance); `cond_cfg` is the config's
@@ -50,15 +55,23 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
   def train_step(state: TrainState, batch: dict, encoder_params=None
                  ) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    if encode is not None:  # A stream apart: the pixel runs' streams stay as they were.
-      batch = {**batch, "image": encode(encoder_params, batch["image"],
-                                        jax.random.fold_in(key, ENCODE_STREAM))}
+    pixels, latent_encode = batch.get("image"), None
+    # A stream apart: the pixel runs' streams stay as they were.
+    encode_key = jax.random.fold_in(key, ENCODE_STREAM)
+    if sample_cached is not None:  # A latent cache's batch: posteriors, no pixels.
+      moments = batch["moments"]
+      batch = {k: v for k, v in batch.items() if k != "moments"}
+      batch["image"] = sample_cached(moments, encode_key)
+    elif encode is not None:
+      batch = {**batch, "image": encode(encoder_params, pixels, encode_key)}
+      latent_encode = lambda x: encode(encoder_params, x)
     loss_key, dropout_key, drop_key, degrade_key = jax.random.split(key, 4)
     inputs = dict(batch)
-    if cond_cfg.image:
+    if cond_cfg.image:  # Made from the clean images (pixels, in latent diffusion too).
       spec = conditions.IMAGE_CONDITIONS[cond_cfg.image]
-      inputs.update(spec.degrade(batch["image"], degrade_key, cond_cfg))
-    cond = conditions.make_cond(mcfg, cond_cfg, inputs, batch["image"].shape[1])
+      inputs.update(spec.degrade(pixels, degrade_key, cond_cfg))
+    cond = conditions.make_cond(mcfg, cond_cfg, inputs, batch["image"].shape[1],
+                                latent_encode)
     cond = conditions.drop(cond, drop_key, dropout, mcfg.num_classes)
 
     if microbatches == 1:

@@ -165,6 +165,11 @@ def shrunk_scale(argv: list[str], data_dir: str) -> list[str]:
   return argv + ["--config.latent.scale_batches=1", "--config.training.batch_size=8"]
 
 
+def run_latent_cache(argv: list[str]):
+  from diffusion_jax.run import latent_cache
+  return _captured(latent_cache.run, ["diffusion_jax.run.latent_cache", *argv])
+
+
 def run_sweep(argv: list[str]):
   """`python -m diffusion_jax.sweep ARGV` in this process, its output captured."""
   import contextlib
@@ -185,6 +190,8 @@ RUNNERS = {
     "diffusion_jax.sweep": (shrunk, run_sweep),
     "diffusion_jax.models.convert_vae": (lambda argv, data_dir: argv, run_convert_vae),
     "diffusion_jax.run.latent_scale": (shrunk_scale, run_latent_scale),
+    # The :runlocal data the documented latent runs train on; encoded 8 at a time.
+    "diffusion_jax.run.latent_cache": (shrunk_scale, run_latent_cache),
 }
 
 

@@ -152,10 +152,13 @@ def _errors(result):
 
 
 @pytest.mark.parametrize("case", ["missing", "channels", "size", "not_an_autoencoder", "no_scale",
-                                  "bad_kind", "ae_mode", "bpd"])
+                                  "bad_kind", "ae_mode", "bpd", "cache_other_ae",
+                                  "cache_other_data", "cache_missing", "cache_image_cond",
+                                  "cache_no_ae", "cond_channels", "cond_project"])
 def test_bad_latent_inputs_fail_cleanly_and_write_nothing(case, autoencoder, latent_run,
-                                                          tmp_path, data_dir):
+                                                          latent_cache_dir, tmp_path, data_dir):
   _, resumed, _, _ = autoencoder
+  cache = latent_cache_dir[0]
   wd = str(tmp_path / "wd")
   over, args, message = {"training.num_steps": 2}, (), ""
   if case == "missing":
@@ -186,6 +189,32 @@ def test_bad_latent_inputs_fail_cleanly_and_write_nothing(case, autoencoder, lat
   elif case == "bpd":
     over.update({"latent.autoencoder": resumed, "eval.every_steps": 1})
     message = "'bpd' with latent.autoencoder"
+  elif case == "cache_other_ae":  # The cache is of `resumed`'s latents.
+    other = other_autoencoder(str(tmp_path / "other.npz"), latent_lib.load(resumed))
+    over.update({"latent.autoencoder": other, "latent.cache": cache})
+    message = "was built from another autoencoder or other data than this run's " \
+              "(autoencoder.weights_sha256: cache '"
+  elif case == "cache_other_data":
+    over.update({"latent.autoencoder": resumed, "latent.cache": cache,
+                 "data.random_flip": True})
+    message = "data.random_flip: cache False, run True"
+  elif case == "cache_missing":
+    over.update({"latent.autoencoder": resumed, "latent.cache": str(tmp_path / "none")})
+    message = "no such directory; build it with python -m diffusion_jax.run.latent_cache"
+  elif case == "cache_image_cond":
+    over.update({"latent.autoencoder": resumed, "latent.cache": cache, "cond.image": "sr",
+                 "cond.sr_factor": 2, "model.cond_image_channels": 1})
+    message = "latent.cache with cond.image='sr'"
+  elif case == "cache_no_ae":
+    over["latent.cache"], message = cache, "latent.cache="
+  elif case == "cond_channels":  # In latent space inpainting gives 4 + 1 channels.
+    over.update({"latent.autoencoder": resumed, "cond.image": "inpaint",
+                 "model.cond_image_channels": 2})
+    message = "gives 5 channels in latent space"
+  elif case == "cond_project":
+    over.update({"latent.autoencoder": resumed, "cond.image": "inpaint",
+                 "model.cond_image_channels": 5, "sample.project": True})
+    message = "the projection is onto images"
   before = sorted(os.listdir(wd)) if os.path.isdir(wd) else None
   r = cli(wd, *args, overrides=over, data_dir=data_dir,
           config=None if case == "ae_mode" else "configs/digits.py",
@@ -193,3 +222,149 @@ def test_bad_latent_inputs_fail_cleanly_and_write_nothing(case, autoencoder, lat
   errors = _errors(r)
   assert r.returncode == 2 and len(errors) == 1 and message in errors[0], r.stderr[-2000:]
   assert (sorted(os.listdir(wd)) if os.path.isdir(wd) else None) == before
+
+
+# --- The latent cache (run/latent_cache.py, data/latent_cache.py).
+
+# The latent run's overrides (latent_run): the cached run's programs are the same but
+# for the encoder.
+LATENT_RUN = {"training.num_steps": 2, "training.log_every": 1, "optim.warmup_steps": 1}
+
+
+def build_cache(*argv):
+  """`python -m diffusion_jax.run.latent_cache ARGV` in this process, output captured."""
+  import contextlib
+  import io
+  from diffusion_jax.run import latent_cache
+  from tests.conftest import Result
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = latent_cache.run(["diffusion_jax.run.latent_cache", *argv])
+  return Result(code, out.getvalue(), err.getvalue())
+
+
+def cache_args(autoencoder_path: str, cache: str, *more) -> list[str]:
+  from tests.conftest import ROOT
+  return [f"--config={os.path.join(ROOT, 'configs/digits.py')}",
+          f"--config.latent.autoencoder={autoencoder_path}", f"--config.latent.cache={cache}",
+          "--config.training.batch_size=16", *more]
+
+
+def other_autoencoder(path: str, like) -> str:
+  """A weight file of `like`'s autoencoder with one weight changed: another autoencoder."""
+  params = jax.tree.map(np.array, like.params)
+  leaf = jax.tree.leaves(params)[0]
+  leaf.flat[0] += 0.5
+  convert_vae.save(path, like.config, params)
+  return path
+
+
+@pytest.fixture(scope="module")
+def latent_cache_dir(autoencoder, data_dir):
+  root, resumed, _, _ = autoencoder
+  path = str(root / "digits_latents")
+  r = build_cache(*cache_args(resumed, path))
+  assert r.returncode == 0, r.stderr[-3000:]
+  return path, r
+
+
+def test_latent_cache_holds_each_records_posterior_and_is_built_once(autoencoder,
+                                                                     latent_cache_dir):
+  from diffusion_jax.data import latent_cache as cache_data
+  from diffusion_jax.data import pipeline
+  from diffusion_jax.run import latent_cache
+  _, resumed, _, _ = autoencoder
+  path, r = latent_cache_dir
+  info = cache_data.read_info(path)
+  n = info["examples"]
+  assert f"latent cache: {n} examples" in r.stdout
+  assert info["moments_shape"] == [n, 1, 4, 4, 8]  # No flips: one variant; mean | logvar.
+  ae = latent_lib.load(resumed)
+  assert info["identity"]["autoencoder"]["weights_sha256"] == latent_cache.weights_hash(ae.params)
+  assert info["built_from"]["scaling_factor"] == ae.config.scaling_factor
+  # Record i: the posterior of record i's image, and its label.
+  from diffusion_jax.config import files
+  from tests.conftest import ROOT
+  data = pipeline.DataConfig.from_config(files.load(os.path.join(ROOT, "configs/digits.py")).data)
+  first = pipeline.load_split_numpy(data, data.split, 20)
+  images = first["image"].astype(np.float32) / 127.5 - 1.0
+  post = ae_lib.AutoencoderKL(ae.config).apply({"params": ae.params}, images, method="encode")
+  moments = np.load(os.path.join(path, cache_data.MOMENTS))[:20, 0]
+  np.testing.assert_allclose(moments, np.concatenate([post.mean, post.logvar], -1), atol=1e-5)
+  np.testing.assert_array_equal(np.load(os.path.join(path, cache_data.LABELS))[:20],
+                                first["label"])
+  # The same pipeline: the same records at the same positions, and a saved position of
+  # one continues the other (a run may resume with or without the cache).
+  cached = pipeline.make_iterator(data, 16, 3, cache=path)
+  pixels = pipeline.make_iterator(data, 16, 3)
+  a = next(cached)
+  np.testing.assert_array_equal(a["label"], next(pixels)["label"])
+  assert sorted(a) == ["label", "moments"] and a["moments"].shape == (16, 4, 4, 8)
+  resumed_pixels = pipeline.make_iterator(data, 16, 0)
+  resumed_pixels.restore(cached.state())
+  np.testing.assert_array_equal(next(resumed_pixels)["label"], next(cached)["label"])
+  # Each of 2 processes reads its half of every global batch.
+  halves = [pipeline.make_iterator(data, 16, 3, process_index=p, process_count=2, cache=path)
+            for p in (0, 1)]
+  whole = pipeline.make_iterator(data, 16, 3, cache=path)
+  np.testing.assert_array_equal(np.concatenate([next(h)["moments"] for h in halves]),
+                                next(whole)["moments"])
+  for it in (cached, pixels, resumed_pixels, whole, *halves):
+    it.close()
+  # Built again for the same autoencoder and data: nothing to do.
+  before = os.stat(os.path.join(path, cache_data.MOMENTS)).st_mtime_ns
+  again = build_cache(*cache_args(resumed, path))
+  assert again.returncode == 0 and "up to date" in again.stdout, again.stderr[-2000:]
+  assert os.stat(os.path.join(path, cache_data.MOMENTS)).st_mtime_ns == before
+
+
+def test_latent_cache_of_another_autoencoder_is_refused_unless_rebuilt(
+    autoencoder, latent_cache_dir, tmp_path):
+  import shutil
+  from diffusion_jax.data import latent_cache as cache_data
+  from diffusion_jax.run import latent_cache
+  _, resumed, _, _ = autoencoder
+  cache = str(tmp_path / "cache")
+  shutil.copytree(latent_cache_dir[0], cache)
+  other = other_autoencoder(str(tmp_path / "other.npz"), latent_lib.load(resumed))
+  before = open(os.path.join(cache, cache_data.INFO)).read()
+  r = build_cache(*cache_args(other, cache))
+  errors = _errors(r)
+  assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+  assert "another autoencoder" in errors[0] and "weights_sha256" in errors[0]
+  assert "--rebuild" in errors[0]
+  assert open(os.path.join(cache, cache_data.INFO)).read() == before
+  r = build_cache(*cache_args(other, cache, "--rebuild"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  info = cache_data.read_info(cache)
+  assert info["identity"]["autoencoder"]["weights_sha256"] == latent_cache.weights_hash(
+      latent_lib.load(other).params)
+  assert sorted(os.listdir(tmp_path)) == ["cache", "other.npz"]  # No leftovers.
+
+
+def test_latent_diffusion_trains_from_a_latent_cache(autoencoder, latent_run, latent_cache_dir,
+                                                     tmp_path, data_dir):
+  _, resumed, _, _ = autoencoder
+  wd = str(tmp_path / "cached")
+  r = cli(wd, overrides={"latent.autoencoder": resumed, "latent.cache": latent_cache_dir[0],
+                         **LATENT_RUN}, data_dir=data_dir)
+  assert r.returncode == 0, r.stderr[-3000:]
+  # The logged losses are the encoding run's (same seed, same latents).
+  loss = lambda out: [line.split("| loss ")[1].split()[0] for line in out.splitlines()
+                      if line.startswith("step ") and "| loss " in line]
+  assert loss(r.stdout) == loss(latent_run[1].stdout) and len(loss(r.stdout)) == 2
+  assert os.path.exists(os.path.join(wd, "samples", "step_2.npz"))
+
+
+def test_latent_inpainting_trains_and_samples_through_the_command_line(autoencoder, tmp_path,
+                                                                       data_dir):
+  """An image condition in latent space (tests/run/test_latent_conditions.py has each):
+  the masked digit encoded, the mask at the latent's 4x4; samples decoded."""
+  _, resumed, _, _ = autoencoder
+  wd = str(tmp_path / "inpaint")
+  r = cli(wd, overrides={"latent.autoencoder": resumed, "cond.image": "inpaint",
+                         "model.cond_image_channels": 5, **LATENT_RUN}, data_dir=data_dir)
+  assert r.returncode == 0, r.stderr[-3000:]
+  data = np.load(os.path.join(wd, "samples", "step_2.npz"))
+  assert data["images"].shape == (10, 8, 8, 1)
+  assert len(np.unique(data["images"])) > 2
