@@ -4,7 +4,7 @@
 
 Runs, one after the other, each in a fresh process with its own new compilation cache:
   plain:       `python -m diffusion_jax.main` of configs/digits.py:runlocal, once per
-               trial config (the two EMA decays of its :runlocal sweep);
+               trial config (the two seeds of its :runlocal sweep);
   sweep cold:  `python -m diffusion_jax.sweep` of configs/digits.py:runlocal (the same
                two trials), with an empty compilation cache;
   sweep warm:  the same sweep in a new DIR, its compilation cache filled by the cold
@@ -49,23 +49,27 @@ def main() -> None:
   scratch = tempfile.mkdtemp(prefix="sweep_overhead_")
   base = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   base.pop("JAX_COMPILATION_CACHE_DIR", None)
-  res: dict = {"cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0]
-               .strip(": "), "plain_s": [], "config": CONFIG}
+  cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t")
+  # One row per command (experiments/README.md generates its table from this file).
+  res: dict = {"cpu": cpu, "config": CONFIG}
   for i, trial in enumerate(TRIALS):
     cache = os.path.join(scratch, f"plain_cache_{i}")
     env = dict(base, JAX_COMPILATION_CACHE_DIR=cache)
     cmd = [sys.executable, "-m", "diffusion_jax.main", f"--config={CONFIG}",
            f"--workdir={os.path.join(scratch, f'plain_{i}')}"]
     cmd += [f"--config.{k}={v}" for k, v in trial.items()]
-    res["plain_s"].append(timed(cmd, env))
+    res[f"plain run, {trial}, empty cache"] = {"command_s": round(timed(cmd, env), 1)}
   for name in ("cold", "warm"):
     wd = os.path.join(scratch, f"sweep_{name}")
     cmd = [sys.executable, "-m", "diffusion_jax.sweep", f"--config={CONFIG}", f"--workdir={wd}"]
     env = dict(base)
     if name == "warm":  # The cold sweep's cache (DIR/compile_cache).
       env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(scratch, "sweep_cold", "compile_cache")
-    res[f"sweep_{name}_s"] = timed(cmd, env)
-    res[f"sweep_{name}_trials_s"] = trial_walls(wd)
+    total = timed(cmd, env)
+    walls = trial_walls(wd)
+    res[f"sweep of {len(walls)} trials, {name} cache"] = {
+        "command_s": round(total, 1), "trial_s": ", ".join(f"{w:.1f}" for w in walls),
+        "outside_trials_s": round(total - sum(walls), 1)}
   shutil.rmtree(scratch, ignore_errors=True)
   text = json.dumps(res, indent=2)
   print(text)
