@@ -64,7 +64,8 @@ def guided(denoise: Denoiser, scales: dict[str, float],
   One condition gives the usual D_u + w (D_c - D_u); all scales 1 give D_K = D; for
   image + text it is InstructPix2Pix's rule. Because x0, eps and the score are affine
   in each other at fixed (x_t, t), guiding x0_hat is the same as guiding eps. The K + 1
-  branches run as one batch. `null(cond, name)` replaces a condition by its null.
+  branches run as one batch, each example's branches side by side. `null(cond, name)`
+  replaces a condition by its null.
 
   Autoguidance (Karras et al. 2024) by `guide`, a weaker denoiser of the same task,
   with scale w_a: D_bad + w_a (D_K - D_bad). With CFG as well, the two guidance
@@ -91,8 +92,14 @@ def guided(denoise: Denoiser, scales: dict[str, float],
           c = null(c, name)
         branches.append(c)
       n = len(branches)
-      stacked = jax.tree.map(lambda *v: jnp.concatenate(v), *branches)
-      outs = jnp.split(denoise(jnp.concatenate([x] * n), jnp.concatenate([t] * n), stacked), n)
+      # Interleaved, not concatenated: an example's branches are neighbours, so a batch
+      # sharded over devices keeps each example's branches on its own device (no
+      # all-to-all along the batch axis).
+      both = lambda *v: jnp.stack(v, 1).reshape((-1,) + v[0].shape[1:])
+      stacked = jax.tree.map(both, *branches)
+      joint = denoise(both(*[x] * n), both(*[t] * n), stacked)
+      joint = joint.reshape((x.shape[0], n) + joint.shape[1:])
+      outs = [joint[:, k] for k in range(n)]
       out = outs[0]
       for k, name in enumerate(active):
         out = out + scales[name] * (outs[k + 1] - outs[k])

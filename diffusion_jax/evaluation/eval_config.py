@@ -107,13 +107,6 @@ class EvalConfig:
             "(its covariance is singular otherwise); sample more, or use kid, which works "
             "with any number")
 
-  def check_model(self, text: str, image_condition: str) -> None:
-    """The models the likelihood evaluation supports."""
-    require(not (self.likelihood and (text or image_condition)),
-            "--mode=eval of 'bpd' (the likelihood, in eval.metrics) supports class-conditional "
-            "and unconditional models only; this model takes text or an image condition: "
-            "drop bpd from eval.metrics")
-
   def check_diffusion(self, diff) -> None:
     require(not self.likelihood or self.method != "vlb" or diff.schedule.num_steps > 0,
             "eval.method='vlb' is the discrete-time bound: it needs diffusion.num_steps > 0")

@@ -9,8 +9,8 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax.conditioning import conditions
 from diffusion_jax.core import diffusion, likelihood
-from diffusion_jax.models.unet import Cond
 from diffusion_jax.training import mesh as mesh_lib
 
 
@@ -32,15 +32,17 @@ METHODS: dict[str, Callable] = {
 }
 
 
-def make_nll_fn(model, diff: diffusion.Diffusion, cfg, mesh):
-  """A compiled fn(params, images_u8, labels, key) -> bits/dim per example."""
-  num_classes = model.config.num_classes
+def make_nll_fn(model, diff: diffusion.Diffusion, cfg, mesh, cond_cfg=conditions.NO_IMAGE):
+  """A compiled fn(params, images_u8, inputs, key) -> bits/dim per example. `inputs`
+  holds each example's conditions as the model takes them (label, tokens or text
+  embeddings, the image condition's inputs; sampling.inputs.split_conditions): the
+  result is the conditional likelihood log p(x | conditions)."""
 
-  def fn(params, images, labels, key):
+  def fn(params, images, inputs, key):
     params = mesh_lib.gathered(params, mesh)
     apply = lambda x, t, cond: model.apply({"params": params}, x, t, cond)
     denoise = diffusion.make_denoiser(apply, diff)
-    cond = Cond(labels=labels if num_classes else None)
+    cond = conditions.make_cond(model.config, cond_cfg, inputs, images.shape[1])
     return METHODS[cfg.method](denoise, diff, images, cond, key, cfg)
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
@@ -53,19 +55,20 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
 
 
-def bits_per_dim(nll_fn, params, images: np.ndarray, labels: np.ndarray, cfg,
-                 mesh) -> np.ndarray:
-  """Bits/dim of every image (every process holds all of them and feeds its slice)."""
+def bits_per_dim(nll_fn, params, images: np.ndarray, inputs: dict, cfg, mesh) -> np.ndarray:
+  """Bits/dim of every image given its conditions `inputs` (every process holds all of
+  them and feeds its slice)."""
   bs, key = cfg.batch_size, jax.random.key(cfg.seed)
   per = jax.process_count()
   lo = jax.process_index() * (bs // per)
+  local = lambda a: mesh_lib.global_batch(a[lo:lo + bs // per], mesh)
   out = []
   for i, start in enumerate(range(0, len(images), bs)):
     chunk = slice(start, start + bs)
     n = len(images[chunk])
-    x, y = (_pad(a[chunk], bs) for a in (images, labels))
-    bpd = nll_fn(params, mesh_lib.global_batch(x[lo:lo + bs // per], mesh),
-                 mesh_lib.global_batch(y[lo:lo + bs // per], mesh), jax.random.fold_in(key, i))
+    x = _pad(images[chunk], bs)
+    c = {k: local(_pad(v[chunk], bs)) for k, v in inputs.items()}
+    bpd = nll_fn(params, local(x), c, jax.random.fold_in(key, i))
     out.append(np.asarray(multihost_utils.process_allgather(bpd, tiled=True)
                           if per > 1 else bpd)[:n])
   return np.concatenate(out)

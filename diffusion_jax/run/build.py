@@ -34,7 +34,6 @@ def _check_diffusion(spec: spec_lib.Spec, mode: str) -> spec_lib.Spec:
   ecfg = spec.eval
   evaluates = mode == "eval" or (mode == "train" and ecfg.every_steps > 0)
   if evaluates:
-    ecfg.check_model(spec.model.text, spec.cond.image)
     require(not (ecfg.likelihood and spec.latent.autoencoder),
             "eval.metrics 'bpd' with latent.autoencoder: the likelihood would be of the "
             "latents, not of the images; evaluate with the sample metrics (fd, kid, ...)")

@@ -13,11 +13,11 @@ import dataclasses
 import json
 import time
 
+import jax
 import numpy as np
 from etils import epath
 
 from diffusion_jax.config.errors import ConfigError, require
-from diffusion_jax.data import pipeline
 from diffusion_jax.evaluation import best_checkpoint, features, likelihood, metrics, reference
 from diffusion_jax.evaluation.eval_config import METRICS
 from diffusion_jax.run import build, metadata
@@ -121,27 +121,38 @@ class SampleEvaluator:
     return out
 
 
-class LikelihoodEvaluator:
-  """Bits/dim of eval.split (metric "bpd")."""
+# fold_in index of the key that makes image conditions of the likelihood's split.
+CONDITION_STREAM = 1 << 30
 
-  def __init__(self, spec: spec_lib.Spec, mesh, net=None):
-    ecfg, dcfg = spec.eval, spec.data
-    self.ecfg, self.mesh, self.dcfg = ecfg, mesh, dcfg
-    data = distributed.checked(pipeline.load_split_numpy, dcfg, ecfg.split,
+
+class LikelihoodEvaluator:
+  """Bits/dim of eval.split (metric "bpd"); of a conditioned model, given each example's
+  own conditions (its label, caption or text embedding, and its image condition made
+  from it as training makes it): log p(x | conditions)."""
+
+  def __init__(self, spec: spec_lib.Spec, mesh, tokenizer, net=None):
+    ecfg = spec.eval
+    self.ecfg, self.mesh = ecfg, mesh
+    data = distributed.checked(inputs_lib.load_split, spec, ecfg.split,
                                ecfg.num_examples or None)
     self.images = data["image"]
-    self.labels = data.get("label", np.zeros(len(self.images), np.int64)).astype(np.int32)
-    self.fn = likelihood.make_nll_fn(net or build.model(spec), spec.diffusion, ecfg, mesh)
+    key = jax.random.fold_in(jax.random.key(ecfg.seed), CONDITION_STREAM)
+    self.inputs = inputs_lib.split_conditions(spec, data, tokenizer, key)
+    self.conditioned_on = [name for name, on in (
+        ("labels", spec.data.num_classes), ("text", spec.model.text),
+        (f"image:{spec.cond.image}", spec.cond.image)) if on]
+    self.fn = likelihood.make_nll_fn(net or build.model(spec), spec.diffusion, ecfg, mesh,
+                                     spec.cond)
 
   def __call__(self, params, step: int) -> dict:
     t0 = time.perf_counter()
     ecfg = self.ecfg
-    bpd = likelihood.bits_per_dim(self.fn, params, self.images, self.labels, ecfg, self.mesh)
+    bpd = likelihood.bits_per_dim(self.fn, params, self.images, self.inputs, ecfg, self.mesh)
     result = {
         "step": int(step), "method": ecfg.method, "split": ecfg.split,
         "num_examples": int(len(bpd)), "bits_per_dim": float(bpd.mean()),
         "bits_per_dim_stderr": float(bpd.std(ddof=1) / np.sqrt(len(bpd))) if len(bpd) > 1 else 0.0,
-        "conditional_on_labels": bool(self.dcfg.num_classes),
+        "conditioned_on": self.conditioned_on,
     }
     if ecfg.method == "ode":
       result.update(ode_steps=ecfg.ode_steps, hutchinson_probes=ecfg.hutchinson_probes)
@@ -157,7 +168,7 @@ class Evaluation:
     ecfg = spec.eval
     self.workdir = workdir
     self.net_name = ecfg.feature_net_name(spec.data.name)
-    self.likelihood = LikelihoodEvaluator(spec, mesh, net) if ecfg.likelihood else None
+    self.likelihood = LikelihoodEvaluator(spec, mesh, tokenizer, net) if ecfg.likelihood else None
     self.samples = (SampleEvaluator(spec, mesh, tokenizer, net, guide)
                     if ecfg.sample_metrics else None)
 

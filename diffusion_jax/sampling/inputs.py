@@ -146,9 +146,7 @@ def gather(spec, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dict]
   need_split_images = kind and images is None
   split = None
   if need_split_text or need_split_images:
-    split = pipeline.load_split_numpy(
-        spec.data, spec.sample_set.cond_split, n, captions=mcfg_text == "tokens",
-        text_emb=mcfg_text == "embeddings")
+    split = load_split(spec, spec.sample_set.cond_split, n)
     if len(split["image"]) < n:
       raise InputError(f"sample.cond_split={spec.sample_set.cond_split!r} has only "
                        f"{len(split['image'])} examples; {n} samples asked for")
@@ -162,21 +160,15 @@ def gather(spec, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dict]
     inputs["label"] = record["labels"] = np.asarray(labels, np.int32)
   if mcfg_text == "tokens":
     prompts = given.prompts if given.prompts is not None else list(split["caption"])
-    try:
-      inputs["tokens"] = tokenizer.encode(prompts)
-    except TokenizerError as e:
-      raise InputError(str(e)) from None
+    inputs["tokens"] = _tokens(tokenizer, prompts)
     record["prompts"] = np.asarray(prompts)
     if given.prompts is None:  # Captions of held-out images: keep the images to compare.
       record["reference"] = split["image"]
   elif mcfg_text == "embeddings":
-    emb = split["text_emb"].astype(np.float32)
-    inputs["text_emb"], inputs["text_mask"] = emb, np.any(emb != 0, axis=-1)
+    inputs.update(_embeddings(split))
   if kind:
     if images is None:
-      x = _to_float(split["image"])
-      images = {k: np.asarray(v) for k, v in spec_img.degrade(
-          x, jax.random.key(spec.sample_set.seed), spec.cond).items()}
+      images = _degraded(spec, split["image"], jax.random.key(spec.sample_set.seed))
       record["reference"] = split["image"]
     inputs.update(images)
     for k, v in images.items():
@@ -186,3 +178,44 @@ def gather(spec, given: Given, tokenizer: Tokenizer | None) -> tuple[dict, dict]
     record["count"] = np.asarray(n)
   return inputs, record
 
+
+def _tokens(tokenizer: Tokenizer, prompts: list[str]) -> np.ndarray:
+  try:
+    return tokenizer.encode(prompts)
+  except TokenizerError as e:
+    raise InputError(str(e)) from None
+
+
+def _embeddings(split: dict) -> dict:
+  emb = split["text_emb"].astype(np.float32)
+  return {"text_emb": emb, "text_mask": np.any(emb != 0, axis=-1)}
+
+
+def _degraded(spec, images_u8: np.ndarray, key) -> dict:
+  """The image condition's inputs made from clean uint8 images, as training makes them."""
+  spec_img = conditions.IMAGE_CONDITIONS[spec.cond.image]
+  return {k: np.asarray(v) for k, v in
+          spec_img.degrade(_to_float(images_u8), key, spec.cond).items()}
+
+
+def load_split(spec, split: str, num_examples: int | None) -> dict:
+  """A split's first examples with what the model's conditions are made from."""
+  text = spec.model.text
+  return pipeline.load_split_numpy(spec.data, split, num_examples,
+                                   captions=text == "tokens", text_emb=text == "embeddings")
+
+
+def split_conditions(spec, split: dict, tokenizer: Tokenizer | None, key) -> dict:
+  """The model's inputs for each example of a loaded split (load_split): its own label,
+  caption or text embedding, and its image condition made from its image with `key`
+  (as training makes them); {} for an unconditional model."""
+  inputs = {}
+  if spec.data.num_classes:
+    inputs["label"] = split["label"].astype(np.int32)
+  if spec.model.text == "tokens":
+    inputs["tokens"] = _tokens(tokenizer, list(split["caption"]))
+  elif spec.model.text == "embeddings":
+    inputs.update(_embeddings(split))
+  if spec.cond.image:
+    inputs.update(_degraded(spec, split["image"], key))
+  return inputs

@@ -234,15 +234,6 @@ def test_bad_conditioning_configs(over, message):
     spec_lib.parse(c, num_devices=1)
 
 
-def test_likelihood_eval_of_text_or_image_models_is_refused(tmp_path, data_dir):
-  c = apply_overrides(default.get_config(), tiny_overrides())
-  c = apply_overrides(c, {"cond.image": "sr", "cond.sr_factor": 2,
-                          "model.cond_image_channels": 1})
-  spec_lib.parse(c, num_devices=1)
-  with pytest.raises(ConfigError, match="--mode=eval .* supports class-conditional"):
-    build.checked(c, str(tmp_path / "wd"), "eval", 1)
-
-
 def test_sampling_labels_are_checked_against_the_classes(data_dir):
   spec = spec_lib.parse(apply_overrides(default.get_config(), tiny_overrides()), 1)
   got, _ = inputs.gather(spec, inputs.Given(labels=np.array([0, 9])), None)
