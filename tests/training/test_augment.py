@@ -4,6 +4,8 @@ zero labels at sampling, and the run's checks and command line."""
 
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,7 @@ from diffusion_jax.run import build, spec as spec_lib
 from diffusion_jax.training import augment as aug
 from diffusion_jax.training import mesh as mesh_lib
 from diffusion_jax.training.step import make_train_step
-from tests.conftest import cli
+from tests.conftest import ROOT, cli
 from tests.training.test_train_step import fake_batch, tiny_config
 
 N = 32  # Side of the test images.
@@ -271,3 +273,28 @@ def test_cli_trains_with_augmentation_then_samples(tmp_path, data_dir):
   r = cli(bad, overrides={"augment.p": 0.12, "augment.ops": "(xflip,rotate)"}, data_dir=data_dir)
   assert r.returncode == 2 and "--config.augment.ops=\"('xflip','rotate')\"" in r.stderr
   assert not os.path.exists(bad)
+
+
+SHARDED = """
+import jax, numpy as np
+from diffusion_jax.training import augment as aug, mesh as mesh_lib
+cfg = aug.AugmentConfig(p=0.5, ops=tuple(aug.AUGMENTATIONS), always=("xflip",))
+images = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32)
+f = lambda x, k: aug.augment(x, k, cfg)
+one = jax.jit(f)(images, jax.random.key(7))
+data = mesh_lib.data_sharded(mesh_lib.make_mesh(8))
+eight = jax.jit(f, in_shardings=(data, None))(jax.device_put(images, data), jax.random.key(7))
+assert len(eight[0].sharding.device_set) == 8
+np.testing.assert_array_equal(np.asarray(one[1]), np.asarray(eight[1]))
+np.testing.assert_allclose(np.asarray(one[0]), np.asarray(eight[0]), atol=1e-6)
+print("same on 8 devices", int((np.asarray(one[1]) != 0).any(-1).sum()), "augmented")
+"""
+
+
+def test_augmentation_does_not_depend_on_the_sharding():
+  """Each example's labels and image are the same with the batch split over 8 devices."""
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
+                       text=True, timeout=300, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "same on 8 devices" in out.stdout
