@@ -42,6 +42,7 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
   are augmented first, with a key of their own: the noised images and the image
   conditions are made from the augmented images, and the network gets the labels
   (Cond.augment). Without it nothing is drawn, and the other streams are as before.
+
   Randomness comes from fold_in(state.rng, step), split into named streams. With
   JAX's partitionable threefry the random numbers of each example do not depend on
   how the batch is sharded, so a run gives the same result on any number of devices.
