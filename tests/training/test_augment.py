@@ -309,7 +309,8 @@ def test_augmentation_does_not_depend_on_the_sharding():
 
 def test_image_conditions_are_made_from_the_augmented_images():
   """The train step, op by op, with a stand-in network that records what it is given:
-  the sr condition is the augmented image's, and the labels are the augmentation's."""
+  the sr condition is the augmented image's, and the labels are the augmentation's,
+  also when the batch is split into microbatches."""
   seen = []
 
   class Recorder:
@@ -317,19 +318,23 @@ def test_image_conditions_are_made_from_the_augmented_images():
                         cond_image_channels=1, augment_dim=1)
 
     def apply(self, variables, x_t, t, cond, train=False, rngs=None):
-      seen.append(cond)
-      return variables["params"]["w"] * x_t
+      seen.append(cond)  # Its output depends on the conditions, example by example.
+      return variables["params"]["w"] * x_t + cond.image + cond.augment[:, :, None, None]
 
   cfg = aug.AugmentConfig(p=1.0, ops=("xflip",))
   cond_cfg = conditions.CondConfig(image="sr", sr_factor=2)
   tx = optax.sgd(0.1)
-  step = make_train_step(Recorder(), tx, diffusion.from_config(defaults.get_config().diffusion),
-                         0.9, {}, cond_cfg, augment=cfg)
+  process = diffusion.from_config(defaults.get_config().diffusion)
+  step = lambda k: make_train_step(Recorder(), tx, process, 0.9, {}, cond_cfg,
+                                   microbatches=k, augment=cfg)
   params = {"w": jnp.ones(())}
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                      opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)))
   images = jax.random.uniform(jax.random.key(1), (16, 8, 8, 1), minval=-1, maxval=1)
-  step(state, {"image": images})
+  # In 4 microbatches each example keeps its labels: the same loss.
+  _, by4 = step(4)(state, {"image": images})
+  _, whole = step(1)(state, {"image": images})
+  np.testing.assert_allclose(float(by4["loss"]), float(whole["loss"]), rtol=1e-6)
   labels = seen[-1].augment
   assert labels.shape == (16, 1) and 0 < float(labels.sum()) < 16  # Some flipped, some not.
   flipped = aug.apply(images, labels, cfg.ops)
