@@ -21,7 +21,7 @@ our label embedding: an 11 x 512 table (10 classes and the null label) added aft
 embedding MLP, where EDM adds Linear(10 -> 128) of the one-hot label before it.
 Published: "about 56 million" for the 32x32 models (Karras et al. 2022, App. F.3).
 Not the same in detail: augmentation is off (EDM's non-leaking geometric augmentation,
-probability 0.12, is not implemented here; config E of Table 2 has none); EDM then
+probability 0.12: configs/cifar10_edm_aug.py; config E of Table 2 has none); EDM then
 relies on that pipeline for x-flips and disables dataset flips, so with it off we keep
 plain random flips; the network sees t (EDM: c_noise = ln(sigma) / 4); the EMA decay is
 constant (EDM caps the half-life at 0.05 times the images seen so far).

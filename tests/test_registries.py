@@ -17,7 +17,7 @@ from diffusion_jax.models import autoencoder, autoencoder_losses, unet
 from diffusion_jax.run import autoencoder as ae_run, build
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.sweep import cli as sweep_cli, space as sweep_space
-from diffusion_jax.training import optimizer
+from diffusion_jax.training import augment, optimizer
 from tests.conftest import ROOT
 
 
@@ -123,6 +123,16 @@ def test_every_image_condition_parses_with_its_channels():
     parse({"cond.image": "blur"})
 
 
+def test_every_augmentation_parses_with_its_label_size():
+  for name, op in augment.AUGMENTATIONS.items():
+    spec = parse({"augment.p": 0.5, "augment.ops": (name,), "model.augment_dim": op.dims})
+    assert spec.augment.label_dim == op.dims
+  with pytest.raises(ConfigError) as e:
+    parse({"augment.p": 0.5, "augment.ops": ("cutout",), "model.augment_dim": 1})
+  listed = re.search(_unknown("augment.ops"), str(e.value)).group(2)
+  assert eval(listed) == sorted(augment.AUGMENTATIONS)
+
+
 def test_every_guided_condition_has_its_fields():
   c = defaults.get_config()
   for g in conditions.GUIDED.values():
@@ -178,6 +188,7 @@ DOCS = [  # (page, registry): the page's tables list every name.
     ("configs.md", unet.DTYPES),
     ("configs.md", unet.PARAM_DTYPES),
     ("configs.md", unet.REMAT_POLICIES),
+    ("configs.md", augment.AUGMENTATIONS),
     ("conditioning.md", conditions.IMAGE_CONDITIONS),
     ("datasets.md", pipeline.BUNDLED),
     ("datasets.md", pipeline.SOURCES),

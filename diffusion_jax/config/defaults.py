@@ -73,6 +73,16 @@ def get_config() -> ml_collections.ConfigDict:
   m.progressive_input = "none"  # Input pyramid (NCSN++): "none" or models.unet.PROGRESSIVE_INPUTS.
   m.progressive = "none"  # Output pyramid (NCSN++): "none" or models.unet.PROGRESSIVES.
   m.input_fourier = ()  # VDM: exponents k of sin/cos(2^k 2 pi x) input features; () = none.
+  m.augment_dim = 0  # Augmentation labels the network takes (= augment's label size); 0 = none.
+
+  # --- Non-leaking augmentation (EDM; training.augment.AugmentConfig, docs/configs.md):
+  # geometric transforms of the training images, their parameters given to the network
+  # as labels (zero at sampling). Needs model.augment_dim = the labels' size (EDM's: 9).
+  c.augment = au = ml_collections.ConfigDict()
+  au.p = 0.0  # Probability that each op is on, per example (EDM: 0.12); 0 = off.
+  # Names of training.augment.AUGMENTATIONS; these are EDM's (9 labels).
+  au.ops = ("xflip", "yflip", "scale", "rotate", "aniso", "translate")
+  au.always = ()  # Ops of `ops` on for every example (EDM: ("xflip",)).
 
   # --- Latent diffusion (docs/latent.md).
   c.latent = la = ml_collections.ConfigDict()

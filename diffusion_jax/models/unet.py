@@ -86,6 +86,9 @@ class UNetConfig:
   progressive: str = "none"
   # VDM's Fourier features of the input: exponents k of sin/cos(2^k 2 pi x); () = none.
   input_fourier: tuple[int, ...] = ()
+  # EDM: entries of the augmentation label vector (training/augment.py), mapped by a
+  # bias-free linear layer into the noise-level embedding; 0 = no such input.
+  augment_dim: int = 0
 
   @property
   def text(self) -> str:
@@ -135,8 +138,8 @@ class UNetConfig:
                    or self.progressive_input != "none")
     require(uses_filter or self.resample_filter == (1, 1),
             "model.resample_filter only acts with resblock_updown or a progressive path")
-    require(self.num_classes >= 0 and self.cond_image_channels >= 0,
-            "model.num_classes and cond_image_channels must be >= 0")
+    require(self.num_classes >= 0 and self.cond_image_channels >= 0 and self.augment_dim >= 0,
+            "model.num_classes, cond_image_channels and augment_dim must be >= 0")
     require(not (self.text_vocab_size and self.text_emb_dim),
             "model.text_vocab_size and model.text_emb_dim are exclusive: text comes as "
             "token ids or as precomputed embeddings")
@@ -180,12 +183,15 @@ class Cond:
   tokens:    (batch, L) int32 token ids, 0 = padding; all padding = the empty prompt.
   text_emb:  (batch, L, text_emb_dim) precomputed embeddings, with
   text_mask: (batch, L) bool, False where there is no token (all False = empty prompt).
+  augment:   (batch, augment_dim) float augmentation labels (training); None = zeros,
+             "not augmented": what sampling and evaluation ask for.
   """
   labels: Optional[Array] = None
   image: Optional[Array] = None
   tokens: Optional[Array] = None
   text_emb: Optional[Array] = None
   text_mask: Optional[Array] = None
+  augment: Optional[Array] = None
 
 
 def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
@@ -368,6 +374,17 @@ class UNet(nn.Module):
     cond = cond if cond is not None else Cond()
     emb_dim = 4 * cfg.ch
     emb = EMBEDDINGS[cfg.embedding](t, cfg)
+    if cfg.augment_dim:  # EDM: added to the noise-level embedding, before its MLP.
+      labels = cond.augment
+      if labels is None:
+        labels = jnp.zeros((x.shape[0], cfg.augment_dim))
+      if labels.shape[-1] != cfg.augment_dim:
+        raise ValueError(f"this U-Net takes {cfg.augment_dim} augmentation labels in "
+                         f"Cond(augment=...), not {labels.shape[-1]}")
+      emb = emb + nn.Dense(emb.shape[-1], use_bias=False, dtype=dtype,
+                           name="augment_emb")(labels.astype(emb.dtype))
+    elif cond.augment is not None:
+      raise ValueError("this U-Net takes no augmentation labels (model.augment_dim=0)")
     emb = nn.Dense(emb_dim, dtype=dtype)(emb)
     emb = nn.Dense(emb_dim, dtype=dtype)(nn.swish(emb))
     if cfg.num_classes:

@@ -81,7 +81,8 @@ def _diffusion_step(spec: spec_lib.Spec, net: UNet, tx):
   elif spec.autoencoder:
     encode = latent_lib.encoder(spec.autoencoder.config)
   return make_train_step(net, tx, spec.diffusion, spec.training.ema_decay, spec.dropout,
-                         spec.cond, spec.training.microbatches, encode, sample_cached)
+                         spec.cond, spec.training.microbatches, encode, sample_cached,
+                         spec.augment)
 
 
 def _diffusion_text(spec: spec_lib.Spec, tokenizer) -> pipeline.TextSpec:

@@ -21,6 +21,7 @@ from diffusion_jax.models.unet import UNetConfig
 from diffusion_jax.run import latent as latent_lib
 from diffusion_jax.sampling.generate import SampleSetConfig
 from diffusion_jax.training import mesh as mesh_lib
+from diffusion_jax.training.augment import AugmentConfig
 from diffusion_jax.training.loop import TrainConfig
 from diffusion_jax.training.optimizer import OptimConfig
 
@@ -44,6 +45,7 @@ class Spec:
   eval: EvalConfig
   latent: latent_lib.LatentConfig
   mesh: mesh_lib.MeshConfig
+  augment: AugmentConfig
   # The autoencoder of latent.autoencoder, loaded once the run is checked (run/build.py).
   autoencoder: latent_lib.Autoencoder | None = None
   kind: str = "diffusion"
@@ -83,6 +85,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   section("eval", EvalConfig.from_config, config.eval)
   section("latent", latent_lib.LatentConfig.from_config, config.latent)
   section("mesh", mesh_lib.MeshConfig.from_config, config.mesh)
+  section("augment", AugmentConfig.from_config, config.get("augment", {}))
 
   def cross(needs: tuple[str, ...], rule) -> None:
     if all(n in parsed for n in needs):
@@ -91,6 +94,9 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
 
   if parsed.get("latent") and parsed["latent"].autoencoder:
     # The U-Net's input is the latent: checked against it once it is loaded (build.py).
+    cross(("augment",), lambda a: require(
+        not a.on, f"augment.p={a.p} with latent.autoencoder: augmentation of latent "
+        "diffusion is not supported yet; set augment.p=0 and model.augment_dim=0"))
     cross(("cond", "sample_set"), lambda c, s: require(
         not (c.image and s.project), f"sample.project with cond.image={c.image!r} and "
         "latent.autoencoder: the projection is onto images, the samples are latents"))
@@ -106,6 +112,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
     cross(("model", "data"),
           lambda m, d: m.check_input(d.image_size, d.channels, d.num_classes))
     cross(("cond", "model", "data"), lambda c, m, d: c.check_model(m, d.image_size, d.channels))
+  cross(("augment", "model"), lambda a, m: a.check_model(m.augment_dim))
   cross(("model",), lambda m: conditions.check_guidance(config.training, config.sample, m))
   cross(("sampler", "diffusion"), lambda s, f: s.check_schedule(f.schedule))
   cross(("eval", "diffusion"), lambda e, f: e.check_diffusion(f))

@@ -9,15 +9,19 @@ import optax
 from diffusion_jax.conditioning import conditions
 from diffusion_jax.core import diffusion
 from diffusion_jax.models.unet import UNet
+from diffusion_jax.training import augment as augment_lib
 from diffusion_jax.training.state import TrainState
 
 # fold_in index of the key that draws latents from the encoder (latent diffusion).
 ENCODE_STREAM = 1 << 20
+# fold_in index of the key of the augmentation (training/augment.py).
+AUGMENT_STREAM = ENCODE_STREAM + 1
 
 
 def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusion.Diffusion,
                     ema_decay: float, dropout: dict, cond_cfg=None, microbatches: int = 1,
-                    encode: Callable | None = None, sample_cached: Callable | None = None
+                    encode: Callable | None = None, sample_cached: Callable | None = None,
+                    augment: augment_lib.AugmentConfig | None = None
                     ) -> Callable[..., tuple[TrainState, dict]]:
   """Builds train_step(state, batch) -> (state, metrics).
 
@@ -33,6 +37,12 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
   `dropout` maps each condition ("labels", "text", "image") to the probability that
   it is replaced by its null (classifier-free guidance); `cond_cfg` is the config's
   `cond` section (image conditions are made here, from the clean batch images).
+
+  With `augment` on (the `augment` section, p > 0; pixel runs only), the batch images
+  are augmented first, with a key of their own: the noised images and the image
+  conditions are made from the augmented images, and the network gets the labels
+  (Cond.augment). Without it nothing is drawn, and the other streams are as before.
+
   Randomness comes from fold_in(state.rng, step), split into named streams. With
   JAX's partitionable threefry the random numbers of each example do not depend on
   how the batch is sharded, so a run gives the same result on any number of devices.
@@ -55,6 +65,11 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
   def train_step(state: TrainState, batch: dict, encoder_params=None
                  ) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    augment_labels = None
+    if augment is not None and augment.on:
+      images, augment_labels = augment_lib.augment(
+          batch["image"], jax.random.fold_in(key, AUGMENT_STREAM), augment)
+      batch = {**batch, "image": images}
     pixels, latent_encode = batch.get("image"), None
     # A stream apart: the pixel runs' streams stay as they were.
     encode_key = jax.random.fold_in(key, ENCODE_STREAM)
@@ -73,6 +88,8 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
     cond = conditions.make_cond(mcfg, cond_cfg, inputs, batch["image"].shape[1],
                                 latent_encode)
     cond = conditions.drop(cond, drop_key, dropout, mcfg.num_classes)
+    if augment_labels is not None:  # Not a guided condition: never dropped.
+      cond = cond.replace(augment=augment_labels)
 
     if microbatches == 1:
       def loss_fn(params):

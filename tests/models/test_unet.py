@@ -174,6 +174,8 @@ PUBLISHED = [
     ("cifar10_ddpmpp_vp.py", 61_804_419, 62_000_000, 0.01),
     ("cifar10_ncsnpp_ve.py", 62_758_787, 63_000_000, 0.01),
     ("cifar10_edm_cond.py", 55_738_371, 56_000_000, 0.01),
+    # With EDM's 9 augmentation labels: + a bias-free 9 x 128 layer.
+    ("cifar10_edm_aug.py", 55_738_371 + 9 * 128, 56_000_000, 0.01),
 ]
 
 
