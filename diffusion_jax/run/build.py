@@ -9,6 +9,7 @@ import jax
 from etils import epath
 
 from diffusion_jax.config.errors import ConfigError, require, warn
+from diffusion_jax.core import learned_schedule
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.run import autoencoder as ae_run
@@ -71,8 +72,10 @@ def _diffusion_model(spec: spec_lib.Spec) -> UNet:
 
 def _diffusion_init(spec: spec_lib.Spec, net: UNet, tx):
   h, _, c = spec.model_shape
+  learned = spec.diffusion.schedule.params
+  extra = None if learned is None else {learned_schedule.PARAMS_KEY: learned}
   return functools.partial(state_lib.create_train_state, model=net, tx=tx, image_size=h,
-                           channels=c)
+                           channels=c, extra_params=extra)
 
 
 def _diffusion_step(spec: spec_lib.Spec, net: UNet, tx):
@@ -185,6 +188,14 @@ def model(spec):
   return kind_of(spec).model(spec)
 
 
+def with_trained_schedule(spec, params):
+  """`spec` on the process of `params` (a learned schedule's trained value, e.g. the
+  EMA's); `spec` itself when the schedule is fixed. Sampling and likelihoods use it."""
+  if getattr(spec, "diffusion", None) is None or spec.diffusion.schedule.params is None:
+    return spec
+  return dataclasses.replace(spec, diffusion=learned_schedule.trained(spec.diffusion, params))
+
+
 def optimizer_of(spec):
   return optimizer.make_optimizer(spec.optim, spec.training.num_steps)
 
@@ -287,4 +298,4 @@ def restore_run(workdir: str, mesh, config=None):
 
 __all__ = ["KINDS", "Kind", "checked", "encoder_params", "init_fns", "jitted_train_step",
            "kind_of", "load_state", "model", "optimizer_of", "restore_run", "restore_state",
-           "train_step"]
+           "train_step", "with_trained_schedule"]
