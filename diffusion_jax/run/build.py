@@ -29,6 +29,9 @@ def _check_diffusion(spec: spec_lib.Spec, mode: str) -> spec_lib.Spec:
   require(mode in ("sample", "eval") or scale == 1.0,
           f"sample.autoguidance_scale={scale}: autoguidance needs a guide model, given "
           f"only to --mode=sample or eval (--guide_from); --mode={mode} samples without one")
+  require(scale == 1.0 or spec.diffusion.schedule.params is None,
+          f"sample.autoguidance_scale={scale} with diffusion.schedule='learned': a guide "
+          "trained on another learned process is not supported yet")
   require(scale == 1.0 or not spec.latent.autoencoder,
           f"sample.autoguidance_scale={scale} with latent.autoencoder: autoguidance of "
           "latent diffusion is not supported yet")
@@ -286,14 +289,16 @@ def load_state(spec: spec_lib.Spec, workdir: str, found: checkpoint.Found,
 
 def restore_run(workdir: str, mesh, config=None):
   """A trained run: (spec, latest train state, tokenizer), from its saved config (or
-  `config`, checked against the checkpoint)."""
+  `config`, checked against the checkpoint); a learned schedule's spec is on its
+  trained process (the EMA's: with_trained_schedule)."""
   from diffusion_jax.config import files
   config = config if config is not None else files.load_saved(workdir)
   if config is None:
     raise ConfigError(f"{workdir!r} holds no saved config: not a diffusion_jax workdir")
   spec, found, tokenizer = checked(config, workdir, "sample", mesh.devices.size)
   mesh = mesh_lib.with_fsdp(mesh, spec.mesh.fsdp)
-  return spec, load_state(spec, workdir, found, mesh), tokenizer
+  state = load_state(spec, workdir, found, mesh)
+  return with_trained_schedule(spec, state.ema_params), state, tokenizer
 
 
 __all__ = ["KINDS", "Kind", "checked", "encoder_params", "init_fns", "jitted_train_step",

@@ -81,11 +81,13 @@ def test_bits_per_dim_and_samples_use_the_trained_ema_schedule(runs, data_dir):
   mesh = mesh_lib.make_mesh(1)
   spec, state, tokenizer = build.restore_run(a, mesh)
   ema = state.ema_params
-  at_start = {**ema, KEY: initial(spec)}  # The trained network on the initial schedule.
+  assert spec.diffusion.schedule.params is ema[KEY]  # The restored run's process.
+  start = initial(build.checked(_saved(a), a, "sample", 1)[0])
+  at_start = {**ema, KEY: start}  # The trained network on the initial schedule.
   spec_eval = build.checked(apply_overrides(_saved(a), BPD), a, "eval", 1)[0]
   likelihood = evaluate.LikelihoodEvaluator(spec_eval, mesh)
-  trained, start = (likelihood(p, 6)["bits_per_dim"] for p in (ema, at_start))
-  assert trained == pytest.approx(cli_bpd, rel=1e-5) and abs(trained - start) > 1e-3
+  trained, first = (likelihood(p, 6)["bits_per_dim"] for p in (ema, at_start))
+  assert trained == pytest.approx(cli_bpd, rel=1e-5) and abs(trained - first) > 1e-3
 
   with np.load(os.path.join(a, "samples", "step_6.npz")) as f:
     written = f["images"]
@@ -117,3 +119,14 @@ def test_unsupported_combinations_are_refused_before_anything_is_written(tmp_pat
   lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and message in lines[0], r.stderr[-2000:]
   assert not os.path.exists(wd)
+
+
+def test_autoguidance_of_a_learned_schedule_is_refused(runs, data_dir):
+  a, b = runs
+  before = sorted(os.listdir(a))
+  r = cli(a, "--mode=sample", f"--guide_from={b}", config=None, tiny=False,
+          overrides={"sample.autoguidance_scale": 2.0}, data_dir=data_dir)
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "with diffusion.schedule='learned'" in lines[0], r.stderr[-2000:]
+  assert sorted(os.listdir(a)) == before
