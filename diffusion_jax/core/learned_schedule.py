@@ -5,8 +5,11 @@ gamma(t) = -log-SNR(t) = gamma0 + (gamma1 - gamma0) s(t), where s is a monotone 
 of t normalised to s(0) = 0, s(1) = 1:
   m(t) = l1(t) + l3(sigmoid(l2(l1(t)))),  s(t) = (m(t) - m(0)) / (m(1) - m(0)),
 l1: 1 -> 1, l2: 1 -> hidden, l3: hidden -> 1, every weight positive (softplus of a free
-parameter), so m and s are strictly increasing. The endpoints gamma0 < gamma1 are free
-parameters, initialised to the fixed linear-log-SNR schedule's.
+parameter), so m and s are strictly increasing. The endpoints gamma0, gamma1 are free
+parameters, initialised to the fixed linear-log-SNR schedule's; gamma increases while
+gamma0 < gamma1, which nothing enforces: the bound's prior and decoder terms keep them
+apart (the diffusion term alone would draw them together). optim.weight_decay applies
+to them as to every parameter (default 0).
 
 The loss is VDM's continuous-time bound per example, in nats per dimension:
   L = [0.5 gamma'(t) ||eps - eps_hat||^2 + KL(q(z_1 | x) || N(0, I)) - log p(x | z_0)] / D,
