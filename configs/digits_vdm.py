@@ -11,8 +11,10 @@ Command:
   python -m diffusion_jax.main --workdir=runs/digits_vdm --mode=eval \
       --config.eval.metrics=bpd --config.eval.method=ode --config.eval.batch_size=100 \
       --config.eval.ode_steps=100
-Expected: bits/dim of the digits test split, experiments/results.json entry
-likelihood_vdm_ode (not yet measured: no result is claimed). Smoke test:
+Expected (experiments/results.json likelihood_vdm_ode, `python -m diffusion_jax.reproduce
+likelihood_vdm_ode`): 4.34 bits/dim (standard error 0.023) on the 299 test digits, 17
+minutes for both commands on a loaded 2-core AMD EPYC; the fixed DDPM schedule with the
+unweighted eps loss gives 5.01 (likelihood_vp_ode). Smoke test:
 --config=configs/digits_vdm.py:runlocal
 """
 
