@@ -36,7 +36,8 @@ def continuous(**extra):
 # (registry, config field, the overrides that make each name valid).
 CASES = [
     (schedules.SCHEDULES, "diffusion.schedule",
-     lambda n: {} if n in ("linear", "cosine") else continuous()),
+     lambda n: {} if n in ("linear", "cosine") else continuous(
+         **({"diffusion.weighting": "elbo"} if n == "learned" else {}))),
     (parameterisation.PREDICTIONS, "diffusion.prediction", lambda n: {}),
     (diffusion.WEIGHTINGS, "diffusion.weighting", lambda n: {}),
     (diffusion.TIME_SAMPLING, "diffusion.time_sampling",

@@ -138,8 +138,9 @@ def get_config() -> ml_collections.ConfigDict:
   f.cosine_s = 0.008  # cosine: offset s of Nichol & Dhariwal.
   f.beta_min = 0.1  # vp, subvp: beta(0) of score_sde's SDE.
   f.beta_max = 20.0  # vp, subvp: beta(1).
-  f.log_snr_max = 13.3  # linear_logsnr: log-SNR at t = 0 (VDM: -gamma_min).
-  f.log_snr_min = -5.0  # linear_logsnr: log-SNR at t = 1 (VDM: -gamma_max).
+  f.log_snr_max = 13.3  # linear_logsnr: log-SNR at t = 0 (VDM: -gamma_min; learned: initial).
+  f.log_snr_min = -5.0  # linear_logsnr: log-SNR at t = 1 (VDM: -gamma_max; learned: initial).
+  f.learned_hidden = 1024  # learned: width of the monotone network's sigmoid layer.
   f.sigma_min = 0.002  # ve, edm: smallest noise level.
   f.sigma_max = 80.0  # ve, edm: largest noise level.
   f.rho = 7.0  # edm: warp of the sigma grid.

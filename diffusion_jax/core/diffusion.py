@@ -138,6 +138,7 @@ class Diffusion(NamedTuple):
   weighting: str = "simple"
   weight_fn: Callable | None = None  # t -> weight on x0-MSE (None: simple).
   time_fn: Callable | None = None  # (key, batch) -> (t, importance factor 1/p(t)).
+  weight_opts: tuple = ()  # The weighting's options (sigma_data, gamma), as items.
 
 
 def make(schedule: Schedule, prediction: str = "eps", weighting: str = "simple",
@@ -149,14 +150,27 @@ def make(schedule: Schedule, prediction: str = "eps", weighting: str = "simple",
   param = parameterisation(prediction, sigma_data)
   choice("diffusion.weighting", weighting, WEIGHTINGS)
   choice("diffusion.time_sampling", time_sampling, TIME_SAMPLING)
-  w_fn = None
-  if WEIGHTINGS[weighting] is not None:
-    w_fn = functools.partial(WEIGHTINGS[weighting], schedule, sigma_data=sigma_data, gamma=gamma)
+  opts = (("sigma_data", sigma_data), ("gamma", gamma))
+  w_fn = _weight_fn(weighting, schedule, opts)
   time_fn = TIME_SAMPLING[time_sampling](TimeArgs(schedule, w_fn, t_min, p_mean, p_std))
-  d = Diffusion(schedule, prediction, param, weighting, w_fn, time_fn)
+  d = Diffusion(schedule, prediction, param, weighting, w_fn, time_fn, opts)
   if check:
     check_finite(d, t_min)
   return d
+
+
+def _weight_fn(weighting: str, schedule: Schedule, opts: tuple) -> Callable | None:
+  w = WEIGHTINGS[weighting]
+  return None if w is None else functools.partial(w, schedule, **dict(opts))
+
+
+def with_schedule(d: Diffusion, schedule: Schedule) -> Diffusion:
+  """`d` on another process with the same steps (a learned schedule's trained value):
+  its weighting follows; the time distribution is kept (the learned schedule's is
+  uniform, which reads only the number of steps)."""
+  assert schedule.num_steps == d.schedule.num_steps, "a process with other steps"
+  return d._replace(schedule=schedule, weight_fn=_weight_fn(d.weighting, schedule,
+                                                             d.weight_opts))
 
 
 def training_time_range(schedule: Schedule, t_min: float) -> np.ndarray:
@@ -279,4 +293,5 @@ def make_denoiser(apply_fn: Callable[[Array, Array, object], Array], d: Diffusio
 
 __all__ = ["Diffusion", "TIME_SAMPLING", "WEIGHTINGS", "check_finite", "denoising_loss",
            "draw_noise", "from_config", "importance_table", "loss_given_noise", "make",
-           "make_denoiser", "model_input", "training_time_range", "uniform_times", "weight"]
+           "make_denoiser", "model_input", "training_time_range", "uniform_times", "weight",
+           "with_schedule"]

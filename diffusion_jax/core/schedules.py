@@ -8,6 +8,8 @@ log_snr(t) = log(alpha^2 / sigma^2), decreasing in t. Families:
                        continuous VP SDE (beta(t) linear in t);
   subvp                score_sde's sub-VP: alpha as VP, sigma = 1 - alpha^2;
   linear_logsnr        VP with log-SNR linear in t (VDM's fixed schedule);
+  learned              VP with VDM's learned monotone log-SNR, trained with the network
+                       (core.learned_schedule; here its initial value);
   ve                   variance exploding (SMLD): alpha = 1, geometric sigma;
   edm                  Karras et al.: alpha = 1, sigma from sigma_min to sigma_max on
                        the rho-warped grid sigma(t)^(1/rho) linear in t;
@@ -40,6 +42,8 @@ class Schedule(NamedTuple):
   log_snr: ScalarFn
   # Number of discrete steps the schedule was defined with, or 0 for continuous time.
   num_steps: int = 0
+  # A learned schedule's parameters (core.learned_schedule), None for a fixed one.
+  params: Any = None
 
 
 def from_log_snr(log_snr: ScalarFn, num_steps: int = 0) -> Schedule:
@@ -203,6 +207,31 @@ def _linear_logsnr_from(f) -> Schedule:
   return linear_logsnr(f.log_snr_max, f.log_snr_min)
 
 
+def learned(hidden: int = 1024, log_snr_max: float = 13.3,
+            log_snr_min: float = -5.0) -> Schedule:
+  """VDM's learned schedule at its initial parameters (core.learned_schedule): a
+  monotone network of t between log-SNR log_snr_max and log_snr_min."""
+  # Imported here: learned_schedule builds its processes with this module.
+  from diffusion_jax.core import learned_schedule
+  return learned_schedule.schedule(learned_schedule.initial_params(hidden, log_snr_max,
+                                                                   log_snr_min))
+
+
+def _learned_from(f) -> Schedule:
+  _discrete_or_continuous(f, "learned", False)
+  require(f.log_snr_min < f.log_snr_max, "diffusion: need log_snr_min < log_snr_max")
+  require(isinstance(f.learned_hidden, int) and f.learned_hidden >= 1,
+          f"diffusion.learned_hidden={f.learned_hidden!r}: need an integer >= 1")
+  why = "VDM's loss is its continuous-time bound on the eps error"
+  require(f.prediction == "eps", f"diffusion.schedule='learned' needs diffusion.prediction="
+          f"'eps' (got {f.prediction!r}): {why}")
+  require(f.weighting == "elbo", f"diffusion.schedule='learned' needs diffusion.weighting="
+          f"'elbo' (got {f.weighting!r}): {why}")
+  require(f.time_sampling == "uniform", "diffusion.schedule='learned' needs diffusion."
+          f"time_sampling='uniform' (got {f.time_sampling!r}): {why}, over uniform times")
+  return learned(f.learned_hidden, f.log_snr_max, f.log_snr_min)
+
+
 def _sigmas_from(f, name: str) -> None:
   _discrete_or_continuous(f, name, False)
   require(0 < f.sigma_min < f.sigma_max, "diffusion: need 0 < sigma_min < sigma_max")
@@ -232,6 +261,7 @@ SCHEDULES: dict[str, Callable[[Any], Schedule]] = {
     "vp": lambda f: _vp_from(f, vp),
     "subvp": lambda f: _vp_from(f, subvp),
     "linear_logsnr": _linear_logsnr_from,
+    "learned": _learned_from,
     "ve": _ve_from,
     "edm": _edm_from,
     "flow": _flow_from,

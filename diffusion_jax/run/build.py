@@ -9,6 +9,7 @@ import jax
 from etils import epath
 
 from diffusion_jax.config.errors import ConfigError, require, warn
+from diffusion_jax.core import learned_schedule
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.run import autoencoder as ae_run
@@ -28,6 +29,9 @@ def _check_diffusion(spec: spec_lib.Spec, mode: str) -> spec_lib.Spec:
   require(mode in ("sample", "eval") or scale == 1.0,
           f"sample.autoguidance_scale={scale}: autoguidance needs a guide model, given "
           f"only to --mode=sample or eval (--guide_from); --mode={mode} samples without one")
+  require(scale == 1.0 or spec.diffusion.schedule.params is None,
+          f"sample.autoguidance_scale={scale} with diffusion.schedule='learned': a guide "
+          "trained on another learned process is not supported yet")
   require(scale == 1.0 or not spec.latent.autoencoder,
           f"sample.autoguidance_scale={scale} with latent.autoencoder: autoguidance of "
           "latent diffusion is not supported yet")
@@ -70,8 +74,10 @@ def _diffusion_model(spec: spec_lib.Spec) -> UNet:
 
 def _diffusion_init(spec: spec_lib.Spec, net: UNet, tx):
   h, _, c = spec.model_shape
+  learned = spec.diffusion.schedule.params
+  extra = None if learned is None else {learned_schedule.PARAMS_KEY: learned}
   return functools.partial(state_lib.create_train_state, model=net, tx=tx, image_size=h,
-                           channels=c)
+                           channels=c, extra_params=extra)
 
 
 def _diffusion_step(spec: spec_lib.Spec, net: UNet, tx):
@@ -185,6 +191,14 @@ def model(spec):
   return kind_of(spec).model(spec)
 
 
+def with_trained_schedule(spec, params):
+  """`spec` on the process of `params` (a learned schedule's trained value, e.g. the
+  EMA's); `spec` itself when the schedule is fixed. Sampling and likelihoods use it."""
+  if getattr(spec, "diffusion", None) is None or spec.diffusion.schedule.params is None:
+    return spec
+  return dataclasses.replace(spec, diffusion=learned_schedule.trained(spec.diffusion, params))
+
+
 def optimizer_of(spec):
   return optimizer.make_optimizer(spec.optim, spec.training.num_steps)
 
@@ -275,16 +289,18 @@ def load_state(spec: spec_lib.Spec, workdir: str, found: checkpoint.Found,
 
 def restore_run(workdir: str, mesh, config=None):
   """A trained run: (spec, latest train state, tokenizer), from its saved config (or
-  `config`, checked against the checkpoint)."""
+  `config`, checked against the checkpoint); a learned schedule's spec is on its
+  trained process (the EMA's: with_trained_schedule)."""
   from diffusion_jax.config import files
   config = config if config is not None else files.load_saved(workdir)
   if config is None:
     raise ConfigError(f"{workdir!r} holds no saved config: not a diffusion_jax workdir")
   spec, found, tokenizer = checked(config, workdir, "sample", mesh.devices.size)
   mesh = mesh_lib.with_fsdp(mesh, spec.mesh.fsdp)
-  return spec, load_state(spec, workdir, found, mesh), tokenizer
+  state = load_state(spec, workdir, found, mesh)
+  return with_trained_schedule(spec, state.ema_params), state, tokenizer
 
 
 __all__ = ["KINDS", "Kind", "checked", "encoder_params", "init_fns", "jitted_train_step",
            "kind_of", "load_state", "model", "optimizer_of", "restore_run", "restore_state",
-           "train_step"]
+           "train_step", "with_trained_schedule"]

@@ -85,11 +85,15 @@ class SampleEvaluator:
     self.sample_set = dataclasses.replace(spec.sample_set, num_samples=ecfg.num_samples)
     self.spec = dataclasses.replace(spec, sample_set=self.sample_set)
     self.inputs, self.record = inputs_lib.gather(self.spec, inputs_lib.Given(), tokenizer)
-    self.sample_fn = sample_run.make_sample_fn(spec, net or build.model(spec), mesh, guide)
+    self.net = net or build.model(spec)
+    self.sample_fn = sample_run.make_sample_fn(spec, self.net, mesh, guide)
 
   def __call__(self, params, step: int) -> dict:
     t0 = time.perf_counter()
     s = self.sample_set
+    if self.spec.diffusion.schedule.params is not None:  # A learned schedule: params' own.
+      self.sample_fn = sample_run.make_sample_fn(build.with_trained_schedule(self.spec, params),
+                                                 self.net, self.mesh, self.guide)
     images = generate.generate(self.sample_fn,
                                sample_run.sampling_params(self.spec, params, self.guide),
                                self.inputs, s.batch_size, s.seed,
@@ -141,12 +145,15 @@ class LikelihoodEvaluator:
     self.conditioned_on = [name for name, on in (
         ("labels", spec.data.num_classes), ("text", spec.model.text),
         (f"image:{spec.cond.image}", spec.cond.image)) if on]
-    self.fn = likelihood.make_nll_fn(net or build.model(spec), spec.diffusion, ecfg, mesh,
-                                     spec.cond)
+    self.spec, self.net = spec, net or build.model(spec)
+    self.fn = likelihood.make_nll_fn(self.net, spec.diffusion, ecfg, mesh, spec.cond)
 
   def __call__(self, params, step: int) -> dict:
     t0 = time.perf_counter()
     ecfg = self.ecfg
+    if self.spec.diffusion.schedule.params is not None:  # A learned schedule: params' own.
+      trained = build.with_trained_schedule(self.spec, params).diffusion
+      self.fn = likelihood.make_nll_fn(self.net, trained, ecfg, self.mesh, self.spec.cond)
     bpd = likelihood.bits_per_dim(self.fn, params, self.images, self.inputs, ecfg, self.mesh)
     result = {
         "step": int(step), "method": ecfg.method, "split": ecfg.split,

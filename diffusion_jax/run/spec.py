@@ -64,6 +64,16 @@ class Spec:
     return self.autoencoder.latent_shape(self.data.image_size)
 
 
+def _check_learned(diff: diffusion_lib.Diffusion, training, latent) -> None:
+  """What a learned schedule's train step does not support."""
+  if diff.schedule.params is None:
+    return
+  require(training.microbatches == 1, f"training.microbatches={training.microbatches} with "
+          "diffusion.schedule='learned': its train step takes the whole batch at once")
+  require(not latent.autoencoder, "diffusion.schedule='learned' with latent.autoencoder: "
+          "its bound's decoder term is of uint8 pixels, not of latents")
+
+
 def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   """Parses every section and checks the rules between them (ConfigError listing all)."""
   problems = Problems()
@@ -114,6 +124,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
     cross(("cond", "model", "data"), lambda c, m, d: c.check_model(m, d.image_size, d.channels))
   cross(("augment", "model"), lambda a, m: a.check_model(m.augment_dim))
   cross(("model",), lambda m: conditions.check_guidance(config.training, config.sample, m))
+  cross(("diffusion", "training", "latent"), _check_learned)
   cross(("sampler", "diffusion"), lambda s, f: s.check_schedule(f.schedule))
   cross(("eval", "diffusion"), lambda e, f: e.check_diffusion(f))
   cross(("eval", "data"), lambda e, d: e.check_data(d.name, d.image_size, d.channels))

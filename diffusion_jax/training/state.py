@@ -40,14 +40,17 @@ def dummy_inputs(model: UNet, batch: int, image_size: int, channels: int):
 
 
 def create_train_state(rng: Array, model: UNet, tx: optax.GradientTransformation,
-                       image_size: int, channels: int) -> TrainState:
+                       image_size: int, channels: int, extra_params: dict | None = None
+                       ) -> TrainState:
+  """The state at step 0; `extra_params` (a learned schedule's, by name) join the
+  network's top-level entries, in float32, trained and EMA'd with them."""
   init_rng, run_rng = jax.random.split(rng)
   x, t, cond = dummy_inputs(model, 1, image_size, channels)
   params = model.init(init_rng, x, t, cond)["params"]
   # Stored in model.param_dtype (the EMA and optimizer state follow); the layers cast
   # them to their compute dtype.
   param_dtype = PARAM_DTYPES[model.config.param_dtype]
-  params = jax.tree.map(lambda p: p.astype(param_dtype), params)
+  params = {**jax.tree.map(lambda p: p.astype(param_dtype), params), **(extra_params or {})}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.copy, params),
                     opt_state=tx.init(params), rng=jax.random.key_data(run_rng))

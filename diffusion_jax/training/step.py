@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from diffusion_jax.conditioning import conditions
-from diffusion_jax.core import diffusion
+from diffusion_jax.core import diffusion, learned_schedule
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.training import augment as augment_lib
 from diffusion_jax.training.state import TrainState
@@ -58,6 +58,10 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
   example gets the same randomness as without microbatches; only the network's
   dropout masks differ (a key per microbatch). Microbatch i holds the examples
   i, i + k, i + 2k, ...: an equal share of every device's slice of the batch.
+
+  A learned schedule (diff.schedule.params set) is trained with the network: its
+  parameters are state.params[learned_schedule.PARAMS_KEY], the loss is VDM's bound
+  and the schedule's gradient learned_schedule.loss_and_grads's.
   """
   mcfg = model.config
   cond_cfg = cond_cfg if cond_cfg is not None else conditions.NO_IMAGE
@@ -91,7 +95,10 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
     if augment_labels is not None:  # Not a guided condition: never dropped.
       cond = cond.replace(augment=augment_labels)
 
-    if microbatches == 1:
+    if diff.schedule.params is not None:
+      loss, grads = _learned_loss_and_grads(model, diff, state.params, batch["image"], cond,
+                                            loss_key, dropout_key)
+    elif microbatches == 1:
       def loss_fn(params):
         def apply(x_t, t):
           return model.apply({"params": params}, x_t, t, cond, train=True,
@@ -106,6 +113,26 @@ def make_train_step(model: UNet, tx: optax.GradientTransformation, diff: diffusi
     return apply_gradients(state, loss, grads, tx, ema_decay)
 
   return train_step
+
+
+def _learned_loss_and_grads(model: UNet, diff: diffusion.Diffusion, params, x0, cond,
+                            loss_key, dropout_key):
+  """(loss, gradients of every parameter) with a learned schedule (module docstring of
+  core.learned_schedule): the network and endpoints minimise E[L], the shape E[L^2]."""
+  noise_key, decoder_key = jax.random.split(loss_key)
+  t, _, eps = diffusion.draw_noise(diff, x0, noise_key)
+  key = learned_schedule.PARAMS_KEY
+  net_params = {k: v for k, v in params.items() if k != key}
+
+  def per_example(net, values):
+    def eps_fn(z, t):
+      return model.apply({"params": net}, diffusion.model_input(diff, z, t), t, cond,
+                         train=True, rngs={"dropout": dropout_key})
+    return learned_schedule.vlb_per_example(eps_fn, values, x0, t, eps, decoder_key)
+
+  loss, _, (g_net, g_schedule) = learned_schedule.loss_and_grads(
+      per_example, net_params, params[key], t)
+  return loss, {**g_net, key: g_schedule}
 
 
 def apply_gradients(state: TrainState, loss: jax.Array, grads, tx: optax.GradientTransformation,
