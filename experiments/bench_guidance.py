@@ -30,7 +30,7 @@ from diffusion_jax.training import mesh as mesh_lib
 
 batch, steps, calls = (int(v) for v in sys.argv[2:5])
 config = files.load(sys.argv[1])
-config.sample.num_steps = steps
+config.sample.num_steps, config.sample.batch_size = steps, batch
 spec = spec_lib.parse(config, jax.device_count())
 mesh = mesh_lib.make_mesh(jax.device_count())
 net = build.model(spec)
@@ -69,7 +69,10 @@ def run_one(checkout: str, args) -> dict:
              PYTHONPATH=os.path.abspath(checkout), TF_CPP_MIN_LOG_LEVEL="3")
   out = subprocess.run([sys.executable, "-c", RUN, args.config, str(args.batch),
                         str(args.steps), str(args.calls)],
-                       env=env, capture_output=True, text=True, cwd=ROOT, check=True)
+                       env=env, capture_output=True, text=True,
+                       cwd=os.path.abspath(checkout))  # -c puts the cwd first on sys.path.
+  if out.returncode:
+    raise SystemExit(f"{checkout}: {out.stderr[-3000:]}")
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
