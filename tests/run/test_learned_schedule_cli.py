@@ -85,7 +85,7 @@ def test_bits_per_dim_and_samples_use_the_trained_ema_schedule(runs, data_dir):
   start = initial(build.checked(_saved(a), a, "sample", 1)[0])
   at_start = {**ema, KEY: start}  # The trained network on the initial schedule.
   spec_eval = build.checked(apply_overrides(_saved(a), BPD), a, "eval", 1)[0]
-  likelihood = evaluate.LikelihoodEvaluator(spec_eval, mesh)
+  likelihood = evaluate.LikelihoodEvaluator(spec_eval, mesh, tokenizer)
   trained, first = (likelihood(p, 6)["bits_per_dim"] for p in (ema, at_start))
   assert trained == pytest.approx(cli_bpd, rel=1e-5) and abs(trained - first) > 1e-3
 
