@@ -62,6 +62,12 @@ def _flag_value(argv: list[str], name: str) -> str | None:
   return None
 
 
+def _no_config(mode: str, workdir: str) -> str:
+  return ("--config is required, e.g. --config=configs/digits.py"
+          + ("" if mode == "train" else f" (or a --workdir holding a run; {workdir!r} holds "
+             "no saved config)"))
+
+
 def _define_flags(fv: flags.FlagValues, argv: list[str]) -> str | None:
   """Defines the flags on `fv`. --config is a config file or, when sampling or
   evaluating without --config, the run's saved config: returns that file's path."""
@@ -101,6 +107,8 @@ def _define_flags(fv: flags.FlagValues, argv: list[str]) -> str | None:
       config_flags.DEFINE_config_dict("config", saved, "The run's saved config.",
                                       flag_values=fv, lock_config=True, sys_argv=argv)
       return files.saved_config_paths(workdir)[-1]
+    if any(a.startswith("--config.") for a in argv):  # Else absl: "unknown flag".
+      _fail(_no_config(mode, workdir))
   config_flags.DEFINE_config_file("config", None, "Config file.", flag_values=fv,
                                   lock_config=True, sys_argv=argv)
   return None
@@ -184,9 +192,7 @@ def _main(argv: list[str]) -> None:
   if not workdir:
     _fail("--workdir is required")
   if config is None:
-    _fail("--config is required, e.g. --config=configs/digits.py"
-          + ("" if mode == "train" else f" (or a --workdir holding a run; {workdir!r} holds "
-             "no saved config)"))
+    _fail(_no_config(mode, workdir))
   misplaced = [k for k in SAMPLE_FLAGS
                if fv[k].value is not None and mode not in FLAG_MODES.get(k, ("sample",))]
   if misplaced:

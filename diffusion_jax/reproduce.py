@@ -26,9 +26,11 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,17 +136,42 @@ def _run_command(line: str) -> int:
   return subprocess.run(words, cwd=ROOT).returncode
 
 
+class _Terminated:
+  """SIGTERM while the commands run: the running command ends as it would alone (a
+  training run saves a checkpoint and returns 0), and the rest are not run, so a
+  half-trained model is never evaluated, compared or recorded."""
+
+  def __init__(self):
+    self.signalled, self._previous = False, None
+
+  def _handler(self, signum, frame):
+    self.signalled = True
+
+  def __enter__(self) -> "_Terminated":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def run(entry: dict, quick: bool, workdir: str, out: str) -> tuple[dict, float]:
   """Runs the entry's commands; (obtained value of each result, wall seconds)."""
   t0 = time.perf_counter()
   cwd = os.getcwd()
   os.chdir(ROOT)
   try:
-    for line in commands(entry, quick, workdir, out):
-      print(f"$ {line}", flush=True)
-      code = _run_command(line)
-      if code != 0:
-        raise RegistryError(f"command failed (exit status {code}): {line}")
+    with _Terminated() as term:
+      for line in commands(entry, quick, workdir, out):
+        print(f"$ {line}", flush=True)
+        code = _run_command(line)
+        if code != 0:
+          raise RegistryError(f"command failed (exit status {code}): {line}")
+        if term.signalled:
+          raise RegistryError(f"stopped by SIGTERM during: {line}; the later commands were "
+                              "not run and nothing is compared or recorded")
   finally:
     os.chdir(cwd)
   wall = time.perf_counter() - t0

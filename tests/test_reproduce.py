@@ -5,10 +5,14 @@ expectation is moved outside its tolerance."""
 
 import json
 import os
+import signal
+import threading
+import time
 
 import pytest
 
 from diffusion_jax import reproduce
+from diffusion_jax.training import preemption
 from tests.conftest import ROOT, fmt, tiny_overrides
 
 
@@ -101,6 +105,40 @@ def test_reproduce_passes_within_tolerance_and_fails_outside(tmp_path, data_dir,
   (used / "keep").write_text("x")
   assert reproduce.main(["tiny", "--registry", path, f"--workdir={used}"]) == 2
   assert (used / "keep").read_text() == "x"
+
+
+def test_sigterm_stops_before_a_half_trained_model_is_evaluated(tmp_path, data_dir, capsys):
+  # The training command runs in this process; SIGTERM before its first step preempts
+  # it at step 1 of 2 (a checkpoint is saved), and reproduce must not go on to evaluate
+  # and record that checkpoint. The tiny programs are those of the test above (cached).
+  path, wd = str(tmp_path / "results.json"), str(tmp_path / "wd")
+  tiny_registry(path)
+  with open(path) as f:
+    registry = json.load(f)
+  entry = registry["entries"]["tiny"]
+  entry["commands"].append("python -m diffusion_jax.main --workdir={workdir} --mode=eval "
+                           "--config.eval.metrics=kid,recall --config.eval.num_samples=20")
+  with open(path, "w") as f:
+    json.dump(registry, f)
+
+  def terminate_once_training():  # Once training watches for SIGTERM.
+    deadline = time.monotonic() + 300
+    while (not isinstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None),
+                          preemption.Watch) and time.monotonic() < deadline):
+      time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  killer = threading.Thread(target=terminate_once_training, daemon=True)
+  killer.start()
+  assert reproduce.main(["tiny", "--registry", path, f"--workdir={wd}", "--record"]) == 2
+  killer.join()
+  out, err = capsys.readouterr()
+  assert "preempted at step 1" in out, out[-2000:]
+  assert err.strip().splitlines()[-1].startswith("error: stopped by SIGTERM during: python -m "
+                                                 "diffusion_jax.main --config="), err[-2000:]
+  assert not os.path.exists(os.path.join(wd, "eval"))
+  with open(path) as f:
+    assert json.load(f) == registry  # Nothing recorded.
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(registry, tmp_path, capsys):

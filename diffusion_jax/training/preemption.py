@@ -23,6 +23,8 @@ class Watch:
 
   def _handler(self, signum, frame):
     self._signalled = True
+    if callable(self._previous):  # A caller's own handler (e.g. reproduce) hears it too.
+      self._previous(signum, frame)
 
   def __enter__(self) -> "Watch":
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():

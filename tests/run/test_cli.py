@@ -171,6 +171,17 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, data_dir, name, ov
   assert not os.path.exists("/nonexistent")
 
 
+def test_eval_of_a_workdir_without_a_run_names_it(tmp_path, data_dir):
+  # Overrides given without --config used to fail as absl's "Unknown command line flag".
+  wd = str(tmp_path / "wd")
+  r = cli(wd, "--mode=eval", config=None, tiny=False, overrides={"eval.num_samples": 10},
+          data_dir=data_dir)
+  assert r.returncode == 2
+  assert r.stderr.strip() == (f"error: --config is required, e.g. --config=configs/digits.py "
+                              f"(or a --workdir holding a run; {wd!r} holds no saved config)")
+  assert not os.path.exists(wd)
+
+
 def test_several_problems_are_reported_together(tmp_path, data_dir):
   r = cli(str(tmp_path / "wd"), overrides={"optim.lr": -1.0, "sample.sampler": "heun9",
                                             "model.dtype": "float8"}, data_dir=data_dir)
