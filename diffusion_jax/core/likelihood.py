@@ -103,18 +103,30 @@ def ode_log_likelihood(denoise: Denoiser, schedule: Schedule, x: Array, cond, ke
                        lambda_max: float = float("inf"), probes: int = 1,
                        exact_trace: bool = False) -> Array:
   """log p(x) in nats (x taken at t_min), per example, by Heun integration on a grid
-  geometric in lambda. Grid times come from bisection, so lambda and t always agree."""
-  with jax.ensure_compile_time_eval():
-    lo = float(schedules_lib.lam(schedule, jnp.float32(t_min)))
-    hi = min(float(schedules_lib.lam(schedule, jnp.float32(t_max))), lambda_max)
-    require(np.isfinite(hi), f"the prior's sigma/alpha is {hi} at t_max={t_max} (alpha = 0 "
-            "there, as for flow at t = 1): set lambda_max finite or t_max < 1")
-    ts = schedules_lib.t_for_lambda(schedule, np.geomspace(lo, hi, steps + 1), t_min, t_max)
-    ts[0] = t_min
-    lams = np.asarray(schedules_lib.lam(schedule, jnp.asarray(ts)), np.float32)
-    hi = float(lams[-1])
-  lams_j, ts_j = jnp.asarray(lams), jnp.asarray(ts)
+  geometric in lambda. Grid times come from bisection, so lambda and t always agree.
+  A fixed schedule's grid is a constant built on the host; a learned schedule's
+  (schedule.params set) is computed on device, so its parameters may be traced."""
   dims = int(np.prod(x.shape[1:]))
+  if schedule.params is None:
+    with jax.ensure_compile_time_eval():
+      lo = float(schedules_lib.lam(schedule, jnp.float32(t_min)))
+      hi = min(float(schedules_lib.lam(schedule, jnp.float32(t_max))), lambda_max)
+      require(np.isfinite(hi), f"the prior's sigma/alpha is {hi} at t_max={t_max} (alpha "
+              "= 0 there, as for flow at t = 1): set lambda_max finite or t_max < 1")
+      ts = schedules_lib.t_for_lambda(schedule, np.geomspace(lo, hi, steps + 1), t_min, t_max)
+      ts[0] = t_min
+      lams = np.asarray(schedules_lib.lam(schedule, jnp.asarray(ts)), np.float32)
+      hi = float(lams[-1])
+    log_norm = dims * (np.log(hi) + 0.5 * np.log(2 * np.pi))
+  else:  # A VP process with finite log-SNR: lambda is finite everywhere.
+    lo, top = (schedules_lib.lam(schedule, jnp.float32(t)) for t in (t_min, t_max))
+    targets = jnp.exp(jnp.linspace(jnp.log(lo), jnp.log(jnp.minimum(top, lambda_max)),
+                                   steps + 1))
+    ts = schedules_lib.traced_t_for_lambda(schedule, targets, t_min, t_max).at[0].set(t_min)
+    lams = schedules_lib.lam(schedule, ts)
+    hi = lams[-1]
+    log_norm = dims * (jnp.log(hi) + 0.5 * np.log(2 * np.pi))
+  lams_j, ts_j = jnp.asarray(lams), jnp.asarray(ts)
   b = x.shape[0]
   # Fixed Rademacher probes along the whole trajectory, as in score_sde.
   eps = jax.random.rademacher(key, (probes,) + x.shape, jnp.float32)
@@ -144,7 +156,7 @@ def ode_log_likelihood(denoise: Denoiser, schedule: Schedule, x: Array, cond, ke
 
   y0 = x / schedule.alpha(jnp.float32(t_min))
   y1, integral = jax.lax.fori_loop(0, steps, body, (y0, jnp.zeros((b,))))
-  log_prior = _sum(-0.5 * (y1 / hi) ** 2) - dims * (np.log(hi) + 0.5 * np.log(2 * np.pi))
+  log_prior = _sum(-0.5 * (y1 / hi) ** 2) - log_norm
   return log_prior + integral - dims * jnp.log(schedule.alpha(jnp.float32(t_min)))
 
 

@@ -16,6 +16,11 @@ vp 152, ve 50, edm 80) and caps those where it is huge or infinite (cosine T = 1
 for a high-order solver: from cosine's former start lambda = e^10, Heun on a uniform
 grid gave N(0, 1) data +34% std at 50 steps, +715% at 18; from 160, +0.7% and +6%.
 
+A fixed schedule's grid is built on the host from its exact values, a constant of the
+compiled sampler. A learned schedule's (schedule.params set) is computed on device from
+its parameters (traced_time_grid), so that they can be an input of the compiled
+sampler: one program serves every value of them (each periodic evaluation's EMA).
+
   ddpm        ancestral: the mean of q(x_s | x_t, x0 = D), and its variance
               or the forward step's (ddpm_variance)                      NFE = N
   ddim        DDIM(eta); eta = 1 matches ddpm                            NFE = N
@@ -141,7 +146,29 @@ def time_grid(schedule: Schedule, num_steps: int, grid: str = "uniform", rho: fl
     require(not n or num_steps <= below,
             f"{num_steps} sampling steps exceed the schedule's {below} discrete steps "
             f"at or below the grid's start t={t0:.4g}")
-    return GRIDS[grid](schedule, num_steps, rho, t_min, t0)
+    return GRIDS[grid].host(schedule, num_steps, rho, t_min, t0)
+
+
+def traced_grid_start(schedule: Schedule, t_min: float = 1e-3, t_max: float = 1.0,
+                      lambda_max: float = SamplerConfig.lambda_max) -> Array:
+  """grid_start of a continuous schedule, computed on device (jittable in the
+  schedule's parameters): t_max, or earlier where lambda reaches lambda_max. It checks
+  nothing of the values; check_schedule checks the configured schedule's grid."""
+  at_max = schedules_lib.lam(schedule, jnp.float32(t_max))
+  capped = schedules_lib.traced_t_for_lambda(schedule, lambda_max, t_min, t_max)
+  return jnp.where(at_max <= lambda_max, jnp.float32(t_max), capped)
+
+
+def traced_time_grid(schedule: Schedule, num_steps: int, grid: str = "uniform",
+                     rho: float = 7.0, t_min: float = 1e-3, t_max: float = 1.0,
+                     lambda_max: float = SamplerConfig.lambda_max) -> Array:
+  """time_grid of a continuous schedule known only on device (a learned schedule's
+  traced parameters), as a device array; equal to time_grid's to float32 rounding
+  (exactly, for the uniform grid from t_max = 1)."""
+  choice("sample.grid", grid, GRIDS)
+  require(not schedule.num_steps, "a grid computed on device needs a continuous schedule")
+  t0 = traced_grid_start(schedule, t_min, t_max, lambda_max)
+  return GRIDS[grid].traced(schedule, num_steps, rho, t_min, t0)
 
 
 def _uniform_grid(schedule, num_steps, rho, t_min, t_start):
@@ -166,11 +193,34 @@ def _edm_grid(schedule, num_steps, rho, t_min, t_start):
   return np.concatenate([ts, [0.0]]).astype(np.float32)
 
 
-# Time grids: (schedule, num_steps, rho, t_min, t_start) -> num_steps + 1 decreasing
-# times from t_start (grid_start's) to 0.
-GRIDS: dict[str, Callable] = {
-    "uniform": _uniform_grid,  # Uniform in t (on the schedule's own steps if discrete).
-    "edm": _edm_grid,  # lambda^(1/rho) uniform (Karras et al.).
+def _uniform_traced(schedule, num_steps, rho, t_min, t_start):
+  # As np.linspace(t_start, 0, ...) to rounding; exactly it when t_start = 1.
+  return t_start * jnp.asarray(np.linspace(1.0, 0.0, num_steps + 1, dtype=np.float32))
+
+
+def _edm_traced(schedule, num_steps, rho, t_min, t_start):
+  lo, hi = (schedules_lib.lam(schedule, jnp.asarray(v, jnp.float32)) for v in (t_min, t_start))
+  if num_steps == 1:
+    lams = hi[None]
+  else:
+    frac = jnp.asarray(np.arange(num_steps) / (num_steps - 1), jnp.float32)
+    lams = (hi ** (1 / rho) + frac * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+  ts = schedules_lib.traced_t_for_lambda(schedule, lams, t_min, t_start).at[0].set(t_start)
+  return jnp.concatenate([ts, jnp.zeros((1,), jnp.float32)])
+
+
+class Grid(NamedTuple):
+  """A time grid, (schedule, num_steps, rho, t_min, t_start) -> num_steps + 1 decreasing
+  times from t_start (grid_start's) to 0: on the host (numpy, from a schedule's exact
+  values), and traced (jnp, a continuous schedule known only on device)."""
+  host: Callable
+  traced: Callable
+
+
+GRIDS: dict[str, Grid] = {
+    # Uniform in t (on the schedule's own steps if discrete).
+    "uniform": Grid(_uniform_grid, _uniform_traced),
+    "edm": Grid(_edm_grid, _edm_traced),  # lambda^(1/rho) uniform (Karras et al.).
 }
 
 
@@ -236,9 +286,11 @@ def _ode_sampler(second_order: bool):
     lam = lambda t: schedules_lib.lam(schedule, t)
     n = len(grid) - 1
     times = jnp.asarray(grid)
-    if cfg.churn > 0:  # Churn evaluates D at noise levels off the grid.
+    if cfg.churn > 0 and schedule.params is None:  # Churn evaluates D off the grid.
       with jax.ensure_compile_time_eval():
         t_of = schedules_lib.lambda_inverse(schedule, float(grid[-2]), float(grid[0]))
+    elif cfg.churn > 0:  # A learned schedule, on device.
+      t_of = lambda l: schedules_lib.traced_t_for_lambda(schedule, l, times[n - 1], times[0])
     gamma_max = min(cfg.churn / n, np.sqrt(2.0) - 1.0)
 
     def d_of(y, t):
@@ -359,8 +411,10 @@ def sample(denoise: Denoiser, schedule: Schedule, cfg: SamplerConfig, shape: tup
   sampler = SAMPLERS[cfg.sampler]
   require(cfg.num_steps >= sampler.min_steps,
           f"sampler {cfg.sampler!r} needs at least {sampler.min_steps} steps")
-  times = time_grid(schedule, cfg.num_steps, cfg.grid, cfg.rho, cfg.t_min, cfg.t_max,
-                    cfg.lambda_max)
+  # A learned schedule's parameters may be traced: its grid is computed on device.
+  grid_fn = time_grid if schedule.params is None else traced_time_grid
+  times = grid_fn(schedule, cfg.num_steps, cfg.grid, cfg.rho, cfg.t_min, cfg.t_max,
+                  cfg.lambda_max)
   if cfg.clip_denoised:
     inner = denoise
     denoise = lambda x, t, c: jnp.clip(inner(x, t, c), -1.0, 1.0)

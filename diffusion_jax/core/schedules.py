@@ -292,6 +292,25 @@ def t_for_lambda(schedule: Schedule, lams, t_lo: float, t_hi: float, iters: int 
   return (0.5 * (lo + hi)).astype(np.float32)
 
 
+def traced_t_for_lambda(schedule: Schedule, lams, t_lo, t_hi, iters: int = 40) -> Array:
+  """t_for_lambda as a jittable float32 bisection: times in [t_lo, t_hi] (which may be
+  traced) with lambda(t) = lams, for a schedule whose values are known only on device
+  (a learned schedule's traced parameters). 40 halvings of [0, 1] (2^-40 ~ 1e-12)
+  reach float32's resolution of any t above 1e-5."""
+  lams = jnp.asarray(lams, jnp.float32)
+  lo = jnp.broadcast_to(jnp.asarray(t_lo, jnp.float32), lams.shape)
+  hi = jnp.broadcast_to(jnp.asarray(t_hi, jnp.float32), lams.shape)
+
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    above = lam(schedule, mid) > lams
+    return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+
+  lo, hi = jax.lax.fori_loop(0, iters, halve, (lo, hi))
+  return 0.5 * (lo + hi)
+
+
 def lambda_inverse(schedule: Schedule, t_min: float = 0.0, t_max: float = 1.0,
                    points: int = 20001):
   """A jittable t(lambda) for lambda in [lambda(t_min), lambda(t_max)], by interpolating

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.conditioning import conditions
-from diffusion_jax.core import diffusion, likelihood
+from diffusion_jax.core import diffusion, learned_schedule, likelihood
 from diffusion_jax.training import mesh as mesh_lib
 
 
@@ -36,14 +36,17 @@ def make_nll_fn(model, diff: diffusion.Diffusion, cfg, mesh, cond_cfg=conditions
   """A compiled fn(params, images_u8, inputs, key) -> bits/dim per example. `inputs`
   holds each example's conditions as the model takes them (label, tokens or text
   embeddings, the image condition's inputs; sampling.inputs.split_conditions): the
-  result is the conditional likelihood log p(x | conditions)."""
+  result is the conditional likelihood log p(x | conditions). A learned schedule is
+  read from `params` (params["noise_schedule"]), inside the program: one compiled
+  function serves every value of it."""
 
   def fn(params, images, inputs, key):
     params = mesh_lib.gathered(params, mesh)
+    d = learned_schedule.trained(diff, params)  # `diff` itself if its schedule is fixed.
     apply = lambda x, t, cond: model.apply({"params": params}, x, t, cond)
-    denoise = diffusion.make_denoiser(apply, diff)
+    denoise = diffusion.make_denoiser(apply, d)
     cond = conditions.make_cond(model.config, cond_cfg, inputs, images.shape[1])
-    return METHODS[cfg.method](denoise, diff, images, cond, key, cfg)
+    return METHODS[cfg.method](denoise, d, images, cond, key, cfg)
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
   # The parameters stay in the shardings they come in (replicated, or split over fsdp).

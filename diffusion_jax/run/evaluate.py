@@ -91,9 +91,6 @@ class SampleEvaluator:
   def __call__(self, params, step: int) -> dict:
     t0 = time.perf_counter()
     s = self.sample_set
-    if self.spec.diffusion.schedule.params is not None:  # A learned schedule: params' own.
-      self.sample_fn = sample_run.make_sample_fn(build.with_trained_schedule(self.spec, params),
-                                                 self.net, self.mesh, self.guide)
     images = generate.generate(self.sample_fn,
                                sample_run.sampling_params(self.spec, params, self.guide),
                                self.inputs, s.batch_size, s.seed,
@@ -151,9 +148,6 @@ class LikelihoodEvaluator:
   def __call__(self, params, step: int) -> dict:
     t0 = time.perf_counter()
     ecfg = self.ecfg
-    if self.spec.diffusion.schedule.params is not None:  # A learned schedule: params' own.
-      trained = build.with_trained_schedule(self.spec, params).diffusion
-      self.fn = likelihood.make_nll_fn(self.net, trained, ecfg, self.mesh, self.spec.cond)
     bpd = likelihood.bits_per_dim(self.fn, params, self.images, self.inputs, ecfg, self.mesh)
     result = {
         "step": int(step), "method": ecfg.method, "split": ecfg.split,

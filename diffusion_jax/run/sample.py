@@ -44,7 +44,6 @@ def sample_images(spec: spec_lib.Spec, params, mesh, inputs: dict, record: dict,
   """uint8 samples, one per row of `inputs` (see sampling.inputs.gather); `guide`, a
   Guide (load_guide) of a weaker model, autoguides them."""
   net = net or build.model(spec)
-  spec = build.with_trained_schedule(spec, params)
   fn = make_sample_fn(spec, net, mesh, guide)
   s = spec.sample_set
   return generate.generate(fn, sampling_params(spec, params, guide), inputs, s.batch_size,

@@ -15,7 +15,7 @@ import numpy as np
 
 from diffusion_jax.conditioning import conditions
 from diffusion_jax.config.errors import require
-from diffusion_jax.core import diffusion, guidance, samplers
+from diffusion_jax.core import diffusion, guidance, learned_schedule, samplers
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.training import mesh as mesh_lib
 
@@ -61,7 +61,10 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
   Latent diffusion: `image_shape` is the latent's, and `decode(decoder_params, z)`
   turns the samples into images; params is then (the above, decoder params). An
   image condition is then brought into latent space with `encode(decoder params,
-  images) -> latents` (conditions.make_cond)."""
+  images) -> latents` (conditions.make_cond).
+
+  A learned schedule is read from `params` (params["noise_schedule"]), inside the
+  program: one compiled sampler serves every value of it."""
   mcfg = model.config
   null = lambda cond, which: conditions.null(cond, which, mcfg.num_classes)
 
@@ -71,21 +74,22 @@ def make_sample_fn(model: UNet, diff: diffusion.Diffusion, cfg: samplers.Sampler
     params, guide_params = params if guide else (params, None)
     # Once per call, not in every sampler step.
     params, guide_params = mesh_lib.gathered((params, guide_params), mesh)
+    d = learned_schedule.trained(diff, params)  # `diff` itself if its schedule is fixed.
     apply = lambda x, t, cond: model.apply({"params": params}, x, t, cond)
     guide_denoise = None
     if guide:
       guide_net, guide_diff = guide
       guide_apply = lambda x, t, cond: guide_net.apply({"params": guide_params}, x, t, cond)
       guide_denoise = diffusion.make_denoiser(guide_apply, guide_diff)
-    denoise = guidance.guided(diffusion.make_denoiser(apply, diff), scales or {}, null,
+    denoise = guidance.guided(diffusion.make_denoiser(apply, d), scales or {}, null,
                               guide=guide_denoise, guide_scale=guidance_cfg.autoguidance_scale,
-                              interval=guidance_cfg.interval, schedule=diff.schedule)
+                              interval=guidance_cfg.interval, schedule=d.schedule)
     latent_encode = None
     if decode is not None and encode is not None:
       latent_encode = lambda x: encode(decoder_params, x)
     cond = conditions.make_cond(mcfg, cond_cfg, inputs, image_shape[0], latent_encode)
     batch = jax.tree.leaves(inputs)[0].shape[0]
-    x = samplers.sample(denoise, diff.schedule, cfg, (batch,) + image_shape, cond, key)
+    x = samplers.sample(denoise, d.schedule, cfg, (batch,) + image_shape, cond, key)
     if project and cond_cfg.image:
       x = jnp.clip(conditions.IMAGE_CONDITIONS[cond_cfg.image].project(x, inputs, cond_cfg),
                    -1.0, 1.0)

@@ -1,15 +1,18 @@
 """The learned schedule (VDM) through the command line: training changes it, it is
 checkpointed and resumed with the network, the samples and bits/dim of a run use its
-trained (EMA) value, and combinations it does not support are refused."""
+trained (EMA) value, periodic evaluations compile their programs once, and
+combinations it does not support are refused."""
 
+import dataclasses
 import json
 import os
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from diffusion_jax.core import learned_schedule
+from diffusion_jax.core import diffusion, learned_schedule
 from diffusion_jax.run import build, evaluate, sample as sample_run
 from diffusion_jax.sampling import inputs as inputs_lib
 from diffusion_jax.training import mesh as mesh_lib
@@ -96,6 +99,48 @@ def test_bits_per_dim_and_samples_use_the_trained_ema_schedule(runs, data_dir):
                   for p in (ema, at_start))
   np.testing.assert_array_equal(again, written)
   assert not np.array_equal(other, written)  # Same key and network, other schedule.
+
+
+# Recorded by jax.monitoring each time jit lowers a program (a compilation, whether or
+# not the persistent cache then holds its binary).
+LOWERED = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+
+def test_periodic_evaluations_of_a_learned_schedule_compile_their_programs_once(runs, tmp_path):
+  """Two periodic evaluations (bits/dim and samples' KID) of parameters on different
+  schedules: the second compiles nothing, and its bits/dim are those of its schedule
+  baked into the program as constants (how every evaluation used to compile anew)."""
+  a, _ = runs
+  over = {**BPD, "eval.metrics": "bpd,kid", "eval.every_steps": 1, "eval.num_samples": 10,
+          "eval.reference_examples": 100}
+  mesh = mesh_lib.make_mesh(1)
+  spec, _, tokenizer = build.checked(apply_overrides(_saved(a), over), a, "eval", 1)
+  periodic = evaluate.PeriodicEvaluation(spec, str(tmp_path), mesh, tokenizer)
+  state = load_run_state(a)
+  assert not np.array_equal(state.params[KEY]["gamma1"], state.ema_params[KEY]["gamma1"])
+  lowered = []
+
+  def listen(event, seconds, **kwargs):
+    if event == LOWERED:
+      lowered.append(kwargs.get("fun_name"))
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    results, counts = [], []
+    for step, params in ((1, state.ema_params), (2, state.params)):  # EMA, then raw.
+      before = len(lowered)
+      results.append(periodic(step, types.SimpleNamespace(ema_params=params)))
+      counts.append(lowered[before:])
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert len(counts[0]) >= 2, counts[0]  # The bits/dim and sample programs, at least.
+  assert counts[1] == [], counts[1]
+  assert results[0]["eval/bpd"] != results[1]["eval/bpd"]
+  assert results[0]["eval/kid"] != results[1]["eval/kid"]
+  fixed = learned_schedule.schedule(state.params[KEY])._replace(params=None)
+  baked = dataclasses.replace(spec, diffusion=diffusion.with_schedule(spec.diffusion, fixed))
+  bpd = evaluate.LikelihoodEvaluator(baked, mesh, tokenizer)(state.params, 2)["bits_per_dim"]
+  assert results[1]["eval/bpd"] == pytest.approx(bpd, rel=1e-5)
 
 
 BAD = [
