@@ -27,11 +27,13 @@ sys.path.insert(0, ROOT)
 
 from diffusion_jax.conditioning import conditions  # noqa: E402
 from diffusion_jax.data import pipeline, shapes  # noqa: E402
+from diffusion_jax.evaluation import features  # noqa: E402
 from diffusion_jax.models.layers import area_downsample  # noqa: E402
 from diffusion_jax.run import build, sample as sample_run, spec as spec_lib  # noqa: E402
 from diffusion_jax.sampling import images as images_lib, inputs as inputs_lib  # noqa: E402
 from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
-from experiments import shapes_detector  # noqa: E402
+from diffusion_jax.run import evaluate  # noqa: E402
+from experiments import baseline_metrics, shapes_detector  # noqa: E402
 
 
 def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -72,6 +74,45 @@ def colourfulness(x: np.ndarray) -> np.ndarray:
   std = np.sqrt(rg.std(axis=(1, 2)) ** 2 + yb.std(axis=(1, 2)) ** 2)
   mean = np.sqrt(rg.mean(axis=(1, 2)) ** 2 + yb.mean(axis=(1, 2)) ** 2)
   return std + 0.3 * mean
+
+
+def feature_distance(config, mesh, ref: np.ndarray):
+  """images -> per-image distance between their features and their own true image's,
+  with the dataset's offline feature network (a perceptual distance; 0 = the truth)."""
+  spec = spec_of(config, mesh)
+  extractor = evaluate.load_extractor(spec)
+  feats = lambda x: features.extract(extractor, x, 256)["features"]
+  truth = feats(ref)
+  return lambda x: np.linalg.norm(feats(x) - truth, axis=1)
+
+
+def chroma(x: np.ndarray) -> np.ndarray:
+  """BT.601 chroma (Cb, Cr) of uint8 RGB, in [-0.5, 0.5]."""
+  x = x.astype(np.float64) / 255.0
+  y = x @ np.array([0.299, 0.587, 0.114])
+  return np.stack([(x[..., 2] - y) / 1.772, (x[..., 0] - y) / 1.402], -1)
+
+
+def chroma_hellinger(x: np.ndarray, ref: np.ndarray, bins: int = 32) -> float:
+  """Hellinger distance between the 2-D chroma histograms of two image sets (0 = the
+  same colour distribution, 1 = disjoint)."""
+  edges = np.linspace(-0.5, 0.5, bins + 1)
+  hist = lambda a: np.histogram2d(*chroma(a).reshape(-1, 2).T, bins=[edges, edges])[0]
+  p, q = hist(x), hist(ref)
+  p, q = p / p.sum(), q / q.sum()
+  return float(np.sqrt(max(0.0, 1.0 - np.sqrt(p * q).sum())))
+
+
+def flat_chroma_noise(x: np.ndarray, ref: np.ndarray, quantile: float = 0.25) -> float:
+  """Chroma high-frequency energy where the true image is flat (the quarter of pixels
+  with the least luminance detail), over the truth's there: 1 = as in the truth,
+  > 1 colour noise, < 1 smoother."""
+  lap = lambda c: (4 * c[:, 1:-1, 1:-1] - c[:, :-2, 1:-1] - c[:, 2:, 1:-1]
+                   - c[:, 1:-1, :-2] - c[:, 1:-1, 2:])
+  luma = ref.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+  flat = np.abs(lap(luma)) <= np.quantile(np.abs(lap(luma)), quantile)
+  energy = lambda a: (lap(chroma(a)) ** 2).sum(-1)[flat].mean()
+  return float(energy(x) / energy(ref))
 
 
 def u8(x) -> np.ndarray:
@@ -128,17 +169,24 @@ def eval_sr(config, mesh, params, args) -> tuple[dict, list]:
     d = u8(area_downsample(to_float(x), f)).astype(np.float64) - low_u8
     return np.abs(d).mean(axis=(1, 2, 3)), np.abs(d).max(axis=(1, 2, 3))
 
+  fdist = feature_distance(config, mesh, ref)
+  psnr_bicubic = psnr(bicubic, ref)
+
   def row(x):
     c_mean, c_max = consistency(x)
-    return {"psnr": stats(psnr(x, ref)), "ssim": stats(ssim(x, ref)),
+    return {"psnr": stats(psnr(x, ref)), "psnr_gain_over_bicubic": stats(psnr(x, ref)
+                                                                          - psnr_bicubic),
+            "ssim": stats(ssim(x, ref)), "feature_distance": stats(fdist(x)),
             "consistency_mae": stats(c_mean), "consistency_max": float(c_max.max()),
             "detail_ratio": detail_ratio(x, ref)}
 
-  res = {"factor": f, "lowres": low.shape[1],
+  res = {"factor": f, "lowres": low.shape[1], "samples_per_input": args.samples,
          "bicubic": row(bicubic),
          "single_sample": row(samples[0]),
          "mean_of_samples": row(mean),
          "single_sample_projected": row(projected(config, samples[0], {"lowres": low})),
+         "mean_of_projected_samples": row(np.round(np.mean(
+             [projected(config, s_, {"lowres": low}) for s_ in samples], 0)).astype(np.uint8)),
          "sample_diversity_std": float(samples.astype(np.float64).std(0).mean())}
   panel = [low_u8, bicubic, samples[0], samples[1 % args.samples], mean, ref]
   return res, panel
@@ -154,16 +202,23 @@ def eval_gray(config, mesh, params, args) -> tuple[dict, list]:
     return np.abs(u8(conditions.luminance(to_float(x))).astype(np.float64) - gray_u8).mean(
         axis=(1, 2, 3))
 
+  fdist = feature_distance(config, mesh, ref)
+
   def row(x):
     return {"psnr": stats(psnr(x, ref)), "luminance_mae": stats(luma_error(x)),
-            "colourfulness": stats(colourfulness(x))}
+            "colourfulness": stats(colourfulness(x)),
+            "chroma_hellinger": chroma_hellinger(x, ref),
+            "flat_chroma_noise": flat_chroma_noise(x, ref),
+            "feature_distance": stats(fdist(x))}
 
   baseline = gray_u8.repeat(3, -1)
-  res = {"grayscale_baseline": row(baseline), "single_sample": row(samples[0]),
+  regression = baseline_metrics.mean_chroma(spec_of(config, mesh), {"gray": gray})
+  res = {"grayscale_baseline": row(baseline), "mean_chroma_baseline": row(regression),
+         "single_sample": row(samples[0]),
          "single_sample_projected": row(projected(config, samples[0], {"gray": gray})),
          "reference_colourfulness": stats(colourfulness(ref)),
          "sample_diversity_std": float(samples.astype(np.float64).std(0).mean())}
-  return res, [baseline, samples[0], samples[1 % args.samples], ref]
+  return res, [baseline, regression, samples[0], samples[1 % args.samples], ref]
 
 
 def eval_inpaint(config, mesh, params, args) -> tuple[dict, list]:
@@ -187,17 +242,23 @@ def eval_inpaint(config, mesh, params, args) -> tuple[dict, list]:
   def hole_detail(y):  # Texture with the hole filled, against the truth's (1 = as detailed).
     return detail_ratio(np.round(y * hole + ref * masks), ref)
 
-  def row(y):
+  fdist = feature_distance(config, mesh, ref)
+  biharmonic = baseline_metrics.biharmonic(None, {"masked": masked, "mask": masks})
+
+  def row(y):  # The feature distance of the hole: known pixels set to the truth.
     return {"known_mae": stats(known_mae(y)), "hole_psnr": stats(psnr(y, ref, hole)),
+            "hole_feature_distance": stats(fdist(np.round(y * hole + ref * masks)
+                                                 .astype(np.uint8))),
             "detail_ratio": hole_detail(y)}
 
   res = {"hole_fraction": float(hole.mean()), "mean_fill_baseline": row(baseline),
+         "biharmonic_baseline": row(biharmonic),
          "single_sample": row(samples[0]),
          "single_sample_projected": row(projected(
              config, samples[0], {"masked": masked, "mask": masks})),
          "sample_diversity_std_in_hole": float(
              (samples.astype(np.float64).std(0) * hole).sum() / (hole.sum() * 3))}
-  return res, [u8(masked), baseline, samples[0], samples[1 % args.samples], ref]
+  return res, [u8(masked), biharmonic, samples[0], samples[1 % args.samples], ref]
 
 
 def eval_text(config, mesh, params, args) -> tuple[dict, list]:

@@ -104,7 +104,8 @@ class SampleEvaluator:
             "feature_net_sha256": self.extractor.sha256, "num_samples": int(len(images)),
             "reference_split": self.ecfg.reference_split,
             "reference_examples": int(len(self.reference.features)),
-            "reference_cache": self.reference.path, "sampler": self.spec.sampler.sampler,
+            "reference_cache": self.reference.path, "sample_seed": s.seed,
+            "sampler": self.spec.sampler.sampler,
             "sampler_steps": self.spec.sampler.num_steps,
             **self._guidance(),
             "sample_seconds": round(t1 - t0, 2), "metric_seconds": round(t2 - t1, 2)}

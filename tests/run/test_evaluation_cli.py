@@ -81,6 +81,7 @@ def test_eval_mode_computes_likelihood_and_sample_metrics(evaluated, data_dir):
   with open(os.path.join(wd, "eval", "step_4_digits-v1-1.json")) as f:  # Never overwritten.
     result = json.load(f)
   assert set(result) >= {"kid", "kid_std", "recall"} and "precision" not in result
+  assert result["sample_seed"] == 1  # Which conditions and noise made the samples.
   # The same parameters, samples and reference as the periodic evaluation at step 4.
   with open(os.path.join(wd, "eval", "step_4_digits-v1.json")) as f:
     assert result["kid"] == json.load(f)["kid"]
