@@ -234,6 +234,10 @@ def main():
            "cpu": cpu_model(), "jax": jax.__version__, "batch": args.batch,
            "dtype": args.dtype}
   print(json.dumps(where), flush=True)
+  # The peer first: a broken peer environment stops the run before minutes of compiling.
+  peer = Peer(args.peer_python, args.batch, args.dtype) if args.peer_python else None
+  if peer:
+    print(json.dumps({"peer": "diffusers-UNet2DModel-torch", **peer.info}), flush=True)
   impls = args.conv_impl.split(",")
   benches = {}
   for i, impl in enumerate(impls):
@@ -243,9 +247,6 @@ def main():
                       **bench.timings,
                       "train_step_gflop_per_image": bench.train_flops / args.batch / 1e9,
                       "train_step_compiled_mib": bench.train_bytes / 2**20}), flush=True)
-  peer = Peer(args.peer_python, args.batch, args.dtype) if args.peer_python else None
-  if peer:
-    print(json.dumps({"peer": "diffusers-UNet2DModel-torch", **peer.info}), flush=True)
 
   states = {impl: b.state for impl, b in benches.items()}
 

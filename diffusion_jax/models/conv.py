@@ -17,6 +17,7 @@ values are the same; only how reverse mode computes d(loss)/d(kernel) differs.
            programs are exactly nn.Conv's).
 """
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -56,7 +57,8 @@ def chunked_conv(lhs: Array, rhs: Array, window_strides, padding, lhs_dilation=N
   dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   out = jax.eval_shape(conv, lhs, rhs).shape
   batch_axis, out_axis = dims.lhs_spec[0], dims.out_spec[0]
-  size = max(1, CHUNK_POSITIONS // _pixels(out, dims.out_spec))
+  pixels = math.prod(out[axis] for axis in dims.out_spec[2:])  # Per example.
+  size = max(1, CHUNK_POSITIONS // pixels)
   if batch_group_count != 1 or lhs.shape[batch_axis] <= size:
     return conv(lhs, rhs)
 
@@ -81,14 +83,6 @@ def chunked_conv(lhs: Array, rhs: Array, window_strides, padding, lhs_dilation=N
   return f(lhs, rhs)
 
 
-def _pixels(shape: tuple[int, ...], out_spec: tuple[int, ...]) -> int:
-  """Output pixels per example (the product of the spatial dimensions)."""
-  n = 1
-  for axis in out_spec[2:]:
-    n *= shape[axis]
-  return n
-
-
 def auto_conv(lhs: Array, rhs: Array, *args, **kwargs) -> Array:
   """"chunked" on the CPU backend, `lax.conv_general_dilated` elsewhere."""
   impl = chunked_conv if jax.default_backend() == "cpu" else lax.conv_general_dilated
@@ -102,6 +96,6 @@ CONV_IMPLS: dict[str, Callable[..., Array]] = {
 }
 
 
-def Conv(impl: str, *args: Any, **kwargs: Any) -> nn.Conv:
+def make_conv(impl: str, *args: Any, **kwargs: Any) -> nn.Conv:
   """flax `nn.Conv(*args, **kwargs)` whose kernel gradient CONV_IMPLS[impl] computes."""
   return nn.Conv(*args, conv_general_dilated=CONV_IMPLS[impl], **kwargs)

@@ -31,7 +31,8 @@ def _loss_and_inputs(case, impl, dtype=jnp.float32):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), jnp.float32)
   kw = dict(strides=(stride, stride), padding=padding, dtype=dtype)
-  layer = nn.Conv(cout, (k, k), **kw) if impl is None else conv.Conv(impl, cout, (k, k), **kw)
+  layer = (nn.Conv(cout, (k, k), **kw) if impl is None
+           else conv.make_conv(impl, cout, (k, k), **kw))
   params = nn.Conv(cout, (k, k), **kw).init(jax.random.key(0), x)["params"]
   # A nonlinear loss, so that the output gradient varies over the batch and pixels.
   loss = lambda p, x: jnp.sum(jnp.sin(layer.apply({"params": p}, x).astype(jnp.float32)) ** 2)
@@ -92,7 +93,7 @@ TINY = dict(out_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolut
 def _unet_grad_program(conv_impl: str, monkeypatch, flax_conv: bool = False):
   """The lowered StableHLO of a U-Net's gradient, and its parameter shapes."""
   if flax_conv:  # The network as it was before model.conv_impl: plain nn.Conv.
-    monkeypatch.setattr(conv, "Conv", lambda impl, *a, **k: nn.Conv(*a, **k))
+    monkeypatch.setattr(conv, "make_conv", lambda impl, *a, **k: nn.Conv(*a, **k))
   model = UNet(UNetConfig(**TINY, conv_impl=conv_impl))
   x, t, _ = state_lib.dummy_inputs(model, 4, 8, 1)
   cond = Cond(image=x)
