@@ -279,7 +279,7 @@ def main():
         row["peer_train_img_per_s"] = args.batch / peer.seconds("train", args.steps)
         row["peer_eval_fwd_img_per_s"] = args.batch / peer.seconds("eval", args.steps)
     rounds.append(row)
-    print(json.dumps({"round": r, **row}), flush=True)
+    print(json.dumps({"round": r, "batch": args.batch, **row}), flush=True)
   sample_img_per_s = args.batch / _time(sample, 1) if first.sample else None
   mm = matmul_tflops(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
   summary = {k: statistics.median(row[k] for row in rounds) for k in rounds[0]}
@@ -289,6 +289,9 @@ def main():
         summary["ratio_" + k + suffix(impl)] = statistics.median(
             row[k + suffix(impl)] / row["peer_" + k] for row in rounds)
     peer.close()
+  for impl in impls[1:]:  # Against the first conv_impl, within each round.
+    summary["speedup_train_" + impl] = statistics.median(
+        row["train_img_per_s" + suffix(impl)] / row["train_img_per_s"] for row in rounds)
   train_tflops = first.train_flops * summary["train_img_per_s"] / args.batch / 1e12
   summary.update({
       "conv_impls": impls,
