@@ -124,3 +124,37 @@ def test_unknown_conv_impl_is_a_config_error():
   from diffusion_jax.config.errors import ConfigError
   with pytest.raises(ConfigError, match=r"model.conv_impl='im2col' is unknown; known: "):
     UNetConfig.from_config({"conv_impl": "im2col"})
+
+
+def test_the_run_s_train_step_is_the_same_under_every_conv_impl(monkeypatch):
+  """build.jitted_train_step, as training runs it: two steps from the same state give
+  the same loss and parameters with XLA's and with the chunked kernel gradient."""
+  from diffusion_jax.config import defaults
+  from diffusion_jax.run import build, spec as spec_lib
+  from diffusion_jax.training import mesh as mesh_lib
+  from tests.conftest import apply_overrides, tiny_overrides
+
+  monkeypatch.setattr(conv, "CHUNK_POSITIONS", 256)  # 4 chunks of the 8x8 level at batch 16.
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
+           "label": rng.integers(0, 10, 16).astype(np.int32)}
+  mesh = mesh_lib.make_mesh(1)
+  results = {}
+  for impl in ("xla", "chunked"):
+    config = apply_overrides(defaults.get_config(),
+                             {**tiny_overrides(), "model.conv_impl": impl})
+    spec = spec_lib.parse(config, 1)
+    net, tx = build.model(spec), build.optimizer_of(spec)
+    init, key, _ = build.init_fns(spec, net, tx, mesh)
+    state, step = init(key), build.jitted_train_step(spec, net, tx, mesh)
+    program = step.lower(state, mesh_lib.global_batch(batch, mesh)).as_text()
+    losses = []
+    for _ in range(2):  # The first step moves the zero-initialised output convs.
+      state, m = step(state, mesh_lib.global_batch(batch, mesh))
+      losses.append(float(m["loss"]))
+    results[impl] = losses, jax.device_get(state.params), program.count("stablehlo.convolution")
+  (l_xla, p_xla, n_xla), (l_chunked, p_chunked, n_chunked) = results["xla"], results["chunked"]
+  assert n_chunked > n_xla  # The kernel gradients really are cut into chunks.
+  np.testing.assert_allclose(l_chunked, l_xla, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               p_chunked, p_xla)
