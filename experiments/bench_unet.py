@@ -3,6 +3,7 @@ invocation, interleaved.
 
   python experiments/bench_unet.py --batch=8 --peer-python=/tmp/peer/bin/python
   python experiments/bench_unet.py --batch=128 --dtype=bfloat16 --peer-python=python3   # GPU
+  python experiments/bench_unet.py --batch=32 --conv-impl=xla,auto --peer-python=python3
 
 diffusion_jax side: configs/cifar10_ddpm.py's network, its compiled train step (Adam,
 EMA, dropout, the config's loss) and eval forward pass, and DDIM sampling at
@@ -18,6 +19,11 @@ stays up, on CUDA when torch sees a GPU (bf16 autocast when --dtype=bfloat16). E
 round times both sides, JAX first in even rounds and the peer first in odd ones; a
 ratio is taken within a round, then the median over rounds. A benchmark that prints
 numbers, never a test: machines are shared and noisy.
+
+--conv-impl=a,b,... builds the network once per `model.conv_impl` (models.conv.CONV_IMPLS)
+and times each in every round, beside the peer; the summary has each one's img/s and
+ratio to the peer (keys suffixed _<impl> after the first), and the sampler is timed
+with the first.
 """
 
 import argparse
@@ -124,9 +130,10 @@ def matmul_tflops(dtype, n: int = 4096, reps: int = 10) -> float:
 class JaxBench:
   """The CIFAR-10 DDPM network's compiled train step, forward pass and sampler."""
 
-  def __init__(self, batch: int, dtype: str, sample_nfe: int):
+  def __init__(self, batch: int, dtype: str, sample_nfe: int, conv_impl: str = "auto"):
     config = files.load(os.path.join(ROOT, "configs", "cifar10_ddpm.py"))
     config.model.dtype = dtype
+    config.model.conv_impl = conv_impl
     self.batch = batch
     net = UNet(UNetConfig.from_config(config.model))
     diff = diffusion.from_config(config.diffusion)
@@ -159,6 +166,10 @@ class JaxBench:
     self.fwd = fwd.lower(self.state.params, self.data["image"], self.t).compile()
     timings["forward_compile_s"] = time.perf_counter() - t0
 
+    self.sample = None
+    if not sample_nfe:
+      self.timings = timings
+      return
     scfg = samplers.SamplerConfig(sampler="ddim", num_steps=sample_nfe)
     sample = jax.jit(lambda p, k: samplers.sample(
         diffusion.make_denoiser(lambda x, t, c: net.apply({"params": p}, x, t, c), diff),
@@ -214,6 +225,8 @@ def main():
   p.add_argument("--peak-tflops", type=float, default=0.0,
                  help="The device's peak for --dtype (MFU = achieved / peak).")
   p.add_argument("--out", default="", help="Also append the summary line to this file.")
+  p.add_argument("--conv-impl", default="auto",
+                 help="model.conv_impl values to time, comma-separated (models.conv.CONV_IMPLS).")
   args = p.parse_args()
 
   device = jax.devices()[0]
@@ -221,49 +234,67 @@ def main():
            "cpu": cpu_model(), "jax": jax.__version__, "batch": args.batch,
            "dtype": args.dtype}
   print(json.dumps(where), flush=True)
-  bench = JaxBench(args.batch, args.dtype, args.sample_nfe)
-  print(json.dumps({"impl": "diffusion_jax", "params": int(bench.params), **bench.timings,
-                    "train_step_gflop_per_image": bench.train_flops / args.batch / 1e9,
-                    "train_step_compiled_mib": bench.train_bytes / 2**20}), flush=True)
+  # The peer first: a broken peer environment stops the run before minutes of compiling.
   peer = Peer(args.peer_python, args.batch, args.dtype) if args.peer_python else None
   if peer:
     print(json.dumps({"peer": "diffusers-UNet2DModel-torch", **peer.info}), flush=True)
+  impls = args.conv_impl.split(",")
+  benches = {}
+  for i, impl in enumerate(impls):
+    bench = benches[impl] = JaxBench(args.batch, args.dtype, args.sample_nfe if i == 0 else 0,
+                                     impl)
+    print(json.dumps({"impl": "diffusion_jax", "conv_impl": impl, "params": int(bench.params),
+                      **bench.timings,
+                      "train_step_gflop_per_image": bench.train_flops / args.batch / 1e9,
+                      "train_step_compiled_mib": bench.train_bytes / 2**20}), flush=True)
 
-  state = {"s": bench.state}
+  states = {impl: b.state for impl, b in benches.items()}
 
-  def train():
-    state["s"], m = bench.step(state["s"], bench.data)
+  def train(impl):
+    states[impl], m = benches[impl].step(states[impl], benches[impl].data)
     return m
 
-  def forward():
-    return bench.fwd(state["s"].params, bench.data["image"], bench.t)
+  def forward(impl):
+    b = benches[impl]
+    return b.fwd(states[impl].params, b.data["image"], b.t)
+
+  first = benches[impls[0]]
 
   def sample():
-    return bench.sample(state["s"].params, jax.random.key(2))
+    return first.sample(states[impls[0]].params, jax.random.key(2))
 
-  train(), forward()
+  suffix = lambda impl: "" if impl == impls[0] else "_" + impl
+  for impl in impls:
+    train(impl), forward(impl)
   rounds = []
   for r in range(args.rounds):
     row = {}
-    order = ["jax", "peer"] if r % 2 == 0 else ["peer", "jax"]
-    for side in order:
-      if side == "jax":
-        row["train_img_per_s"] = args.batch / _time(train, args.steps)
-        row["eval_fwd_img_per_s"] = args.batch / _time(forward, args.steps)
+    sides = impls + ["peer"]
+    for side in (sides if r % 2 == 0 else sides[::-1]):
+      if side != "peer":
+        row["train_img_per_s" + suffix(side)] = args.batch / _time(lambda: train(side), args.steps)
+        row["eval_fwd_img_per_s" + suffix(side)] = args.batch / _time(lambda: forward(side),
+                                                                      args.steps)
       elif peer:
         row["peer_train_img_per_s"] = args.batch / peer.seconds("train", args.steps)
         row["peer_eval_fwd_img_per_s"] = args.batch / peer.seconds("eval", args.steps)
     rounds.append(row)
-    print(json.dumps({"round": r, **row}), flush=True)
-  sample_img_per_s = args.batch / _time(sample, 1) if bench.sample else None
+    print(json.dumps({"round": r, "batch": args.batch, **row}), flush=True)
+  sample_img_per_s = args.batch / _time(sample, 1) if first.sample else None
   mm = matmul_tflops(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
   summary = {k: statistics.median(row[k] for row in rounds) for k in rounds[0]}
   if peer:
-    for k in ("train_img_per_s", "eval_fwd_img_per_s"):
-      summary["ratio_" + k] = statistics.median(row[k] / row["peer_" + k] for row in rounds)
+    for impl in impls:
+      for k in ("train_img_per_s", "eval_fwd_img_per_s"):
+        summary["ratio_" + k + suffix(impl)] = statistics.median(
+            row[k + suffix(impl)] / row["peer_" + k] for row in rounds)
     peer.close()
-  train_tflops = bench.train_flops * summary["train_img_per_s"] / args.batch / 1e12
+  for impl in impls[1:]:  # Against the first conv_impl, within each round.
+    summary["speedup_train_" + impl] = statistics.median(
+        row["train_img_per_s" + suffix(impl)] / row["train_img_per_s"] for row in rounds)
+  train_tflops = first.train_flops * summary["train_img_per_s"] / args.batch / 1e12
   summary.update({
+      "conv_impls": impls,
       f"sample_img_per_s_{args.sample_nfe}nfe": sample_img_per_s,
       "train_tflops": train_tflops, "matmul_tflops": mm,
       "train_fraction_of_matmul": train_tflops / mm if mm else None})

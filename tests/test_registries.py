@@ -13,7 +13,7 @@ from diffusion_jax.config.errors import ConfigError
 from diffusion_jax.core import diffusion, parameterisation, samplers, schedules
 from diffusion_jax.data import pipeline
 from diffusion_jax.evaluation import eval_config, features, likelihood
-from diffusion_jax.models import autoencoder, autoencoder_losses, unet
+from diffusion_jax.models import autoencoder, autoencoder_losses, conv, unet
 from diffusion_jax.run import autoencoder as ae_run, build
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.sweep import cli as sweep_cli, space as sweep_space
@@ -50,6 +50,7 @@ CASES = [
     (unet.PROGRESSIVES, "model.progressive", lambda n: {"model.resample_filter": (1, 3, 3, 1)}),
     (unet.DTYPES, "model.dtype", lambda n: {}),
     (unet.REMAT_POLICIES, "model.remat", lambda n: {}),
+    (conv.CONV_IMPLS, "model.conv_impl", lambda n: {}),
     (optimizer.LR_SCHEDULES, "optim.lr_schedule", lambda n: {}),
     (likelihood.METHODS, "eval.method", lambda n: {}),
     (eval_config.METRICS, "eval.metrics",
@@ -189,6 +190,7 @@ DOCS = [  # (page, registry): the page's tables list every name.
     ("configs.md", unet.DTYPES),
     ("configs.md", unet.PARAM_DTYPES),
     ("configs.md", unet.REMAT_POLICIES),
+    ("configs.md", conv.CONV_IMPLS),
     ("configs.md", augment.AUGMENTATIONS),
     ("conditioning.md", conditions.IMAGE_CONDITIONS),
     ("datasets.md", pipeline.BUNDLED),

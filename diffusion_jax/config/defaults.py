@@ -63,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.dtype = "float32"  # Compute dtype of the layers (models.unet.DTYPES; bfloat16 on TPU).
   m.param_dtype = "float32"  # Dtype of parameters, EMA, optimizer state (unet.PARAM_DTYPES).
   m.remat = "none"  # Blocks recomputed in the backward pass: models.unet.REMAT_POLICIES.
+  m.conv_impl = "auto"  # How convolutions make their kernel gradient: models.conv.CONV_IMPLS.
   # Architecture options of score_sde (DDPM++/NCSN++), EDM and VDM; the defaults are DDPM's.
   m.embedding = "positional"  # Time embedding (models.unet.EMBEDDINGS).
   m.fourier_scale = 16.0  # fourier: std of the random frequencies (applied to t in [0, 1]).

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.config.errors import choice, finite, require, section_values
-from diffusion_jax.models import layers
+from diffusion_jax.models import conv, layers
 from diffusion_jax.models.text import Context, CrossAttnBlock, TextEncoder
 
 Array = jax.Array
@@ -65,6 +65,9 @@ class UNetConfig:
   # Rematerialisation (REMAT_POLICIES): which activations of each residual and
   # attention block the backward pass recomputes instead of keeping.
   remat: str = "none"
+  # How the convolutions compute their kernel gradient (models.conv.CONV_IMPLS):
+  # "auto" is "chunked" on the CPU (faster there) and exactly nn.Conv's elsewhere.
+  conv_impl: str = "auto"
   # Time embedding (EMBEDDINGS): "positional" (DDPM, of 1000 t) or "fourier"
   # (NCSN++: random Fourier features of t, frequencies ~ N(0, fourier_scale^2)).
   embedding: str = "positional"
@@ -118,6 +121,7 @@ class UNetConfig:
             f"model.param_dtype={self.param_dtype!r} cannot run on TPU (no 64-bit floats); "
             f"allowed there: {sorted(set(PARAM_DTYPES) - {'float64'})}")
     choice("model.remat", self.remat, REMAT_POLICIES)
+    choice("model.conv_impl", self.conv_impl, conv.CONV_IMPLS)
     choice("model.embedding", self.embedding, EMBEDDINGS)
     choice("model.progressive_input", self.progressive_input, ("none", *PROGRESSIVE_INPUTS))
     choice("model.progressive", self.progressive, ("none", *PROGRESSIVES))
@@ -247,6 +251,7 @@ class ResBlock(nn.Module):
   resample: str = "none"  # "none", "up" or "down".
   resample_filter: tuple[int, ...] = (1, 1)
   skip_rescale: bool = False
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
@@ -254,7 +259,7 @@ class ResBlock(nn.Module):
     if self.resample != "none":
       resample = lambda v: layers.RESAMPLE[self.resample](v, self.resample_filter)
       h, x = resample(h), resample(x)
-    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h)
+    h = conv.make_conv(self.conv_impl, self.out_ch, (3, 3), dtype=self.dtype)(h)
     emb = nn.Dense((2 if self.scale_shift_norm else 1) * self.out_ch,
                    dtype=self.dtype)(nn.swish(emb))[:, None, None, :]
     if self.scale_shift_norm:
@@ -264,7 +269,8 @@ class ResBlock(nn.Module):
       h = nn.GroupNorm(self.num_groups, dtype=self.dtype)(h + emb)
     h = nn.Dropout(self.dropout)(nn.swish(h), deterministic=not train)
     # Zero init: each block starts as the identity (Ho et al., ADM).
-    h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
+    h = conv.make_conv(self.conv_impl, self.out_ch, (3, 3),
+                       kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
     if x.shape[-1] != self.out_ch or self.resample != "none":
       x = nn.Dense(self.out_ch, dtype=self.dtype, name="skip")(x)
     return _rescaled_sum(x, h, self.skip_rescale)
@@ -311,8 +317,9 @@ def _input_skip(cfg: UNetConfig, pyramid: Array, h: Array) -> tuple[Array, Array
 def _input_residual(cfg: UNetConfig, pyramid: Array, h: Array) -> tuple[Array, Array]:
   # A strided-conv path from the input, merged with h as a residual; h follows it.
   pyramid = layers.pre_conv_downsample(pyramid, cfg.resample_filter)
-  pyramid = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding="VALID",
-                    dtype=jnp.dtype(cfg.dtype), name="conv_down")(pyramid)
+  pyramid = conv.make_conv(cfg.conv_impl, h.shape[-1], (3, 3), strides=(2, 2),
+                           padding="VALID", dtype=jnp.dtype(cfg.dtype),
+                           name="conv_down")(pyramid)
   pyramid = _rescaled_sum(pyramid, h, cfg.skip_rescale)
   return pyramid, pyramid
 
@@ -339,8 +346,8 @@ class OutputSkip(nn.Module):
   def __call__(self, pyramid: Array | None, h: Array) -> Array:
     cfg = self.config
     out = nn.swish(nn.GroupNorm(cfg.num_groups, dtype=jnp.dtype(cfg.dtype))(h))
-    out = nn.Conv(cfg.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
-                  dtype=jnp.dtype(cfg.dtype))(out)
+    out = conv.make_conv(cfg.conv_impl, cfg.out_channels, (3, 3),
+                         kernel_init=nn.initializers.zeros, dtype=jnp.dtype(cfg.dtype))(out)
     if pyramid is None:
       return out
     return layers.upsample_2d(pyramid, cfg.resample_filter) + out
@@ -350,7 +357,8 @@ def _downsample(cfg: UNetConfig, block, h: Array, emb: Array, train: bool) -> Ar
   """Halves h: a BigGAN-style resampling block, or DDPM's stride-2 conv."""
   if cfg.resblock_updown:
     return block(h.shape[-1], "down")(h, emb, train)
-  return nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=jnp.dtype(cfg.dtype))(h)
+  return conv.make_conv(cfg.conv_impl, h.shape[-1], (3, 3), strides=(2, 2),
+                        dtype=jnp.dtype(cfg.dtype))(h)
 
 
 def _upsample(cfg: UNetConfig, block, h: Array, emb: Array, train: bool) -> Array:
@@ -359,7 +367,7 @@ def _upsample(cfg: UNetConfig, block, h: Array, emb: Array, train: bool) -> Arra
     return block(h.shape[-1], "up")(h, emb, train)
   b, hh, ww, c = h.shape
   h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
-  return nn.Conv(c, (3, 3), dtype=jnp.dtype(cfg.dtype))(h)
+  return conv.make_conv(cfg.conv_impl, c, (3, 3), dtype=jnp.dtype(cfg.dtype))(h)
 
 
 class UNet(nn.Module):
@@ -407,7 +415,7 @@ class UNet(nn.Module):
         rematted(m, cfg.remat) for m in (ResBlock, AttnBlock, CrossAttnBlock))
     block = lambda ch, resample="none": res_block(
         ch, cfg.dropout, cfg.num_groups, cfg.scale_shift_norm, dtype, resample,
-        cfg.resample_filter, cfg.skip_rescale)
+        cfg.resample_filter, cfg.skip_rescale, cfg.conv_impl)
     self_attn = lambda: attn_block(cfg.num_heads, cfg.num_groups, dtype, cfg.skip_rescale)
 
     def attn(h, self_attention=True):
@@ -418,12 +426,12 @@ class UNet(nn.Module):
         h = cross_attn_block(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
       return h
 
-    h = nn.Conv(cfg.ch, (3, 3), dtype=dtype, name="conv_in")(x)
+    h = conv.make_conv(cfg.conv_impl, cfg.ch, (3, 3), dtype=dtype, name="conv_in")(x)
     pyramid = x  # Progressive input path.
     skips = [h]
     for level, mult in enumerate(cfg.ch_mult):
       if level and h.shape[1] in cfg.cond_image_resolutions:
-        h = h + nn.Conv(h.shape[-1], (1, 1), dtype=dtype)(
+        h = h + conv.make_conv(cfg.conv_impl, h.shape[-1], (1, 1), dtype=dtype)(
             layers.area_downsample(cond.image.astype(h.dtype), cond.image.shape[1] // h.shape[1]))
       for _ in range(cfg.num_res_blocks):
         h = attn(block(cfg.ch * mult)(h, emb, train))
@@ -456,8 +464,8 @@ class UNet(nn.Module):
       return out.astype(jnp.float32)
 
     h = nn.swish(nn.GroupNorm(cfg.num_groups, dtype=dtype)(h))
-    h = nn.Conv(cfg.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
-                dtype=dtype, name="conv_out")(h)
+    h = conv.make_conv(cfg.conv_impl, cfg.out_channels, (3, 3),
+                       kernel_init=nn.initializers.zeros, dtype=dtype, name="conv_out")(h)
     return h.astype(jnp.float32)
 
   def _context(self, cond: Cond, emb_dim: int, dtype):
