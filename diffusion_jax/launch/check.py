@@ -96,9 +96,21 @@ def abstract_batch(spec: spec_lib.Spec, net, mesh) -> dict:
           for k, v in arrays.items() if v is not None}
 
 
+def as_on_device(config):
+  """The config as the topology's own processes trace it: choices that "auto" makes by
+  the tracing backend (model.conv_impl) take their accelerator value, not this CPU's."""
+  if config.model.conv_impl != "auto":
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.conv_impl = "xla"
+  return config
+
+
 def compile_report(config, topology: str) -> Report:
   """Compiles the train step for `topology` and reads its memory use."""
   devices = topology_devices(topology)
+  config = as_on_device(config)
   spec = spec_lib.parse(config, len(devices))
   # Its U-Net's shapes come from the autoencoder, which this check does not load.
   require(not spec.latent.autoencoder, "check: latent diffusion configs (latent.autoencoder) "

@@ -132,6 +132,16 @@ def test_check_compiles_for_a_tpu_topology_on_this_cpu(tmp_path):
   assert r.returncode == 2 and "is not divisible by the 4 devices" in r.stderr, r.stderr
 
 
+def test_check_traces_the_accelerator_program_not_the_cpu_one():
+  # Traced here on the CPU, "auto" would chunk the kernel gradients: not what a TPU runs.
+  from diffusion_jax.config import files
+  from diffusion_jax.launch import check
+  config = files.load(os.path.join(ROOT, "configs", "cifar10_ddpm.py"))
+  assert config.model.conv_impl == "auto"
+  assert check.as_on_device(config).model.conv_impl == "xla"
+  assert config.model.conv_impl == "auto"  # The caller's config is not changed.
+
+
 @pytest.mark.skipif(not _has_libtpu(), reason="libtpu is not installed (the `tpu` extra)")
 def test_check_names_an_unknown_topology(tmp_path):
   r, _ = launch(tmp_path, "check", f"--config={ROOT}/configs/digits.py", "--topology=v99:9x9")
