@@ -69,9 +69,14 @@ BASELINES = {"sr": ("bicubic", bicubic), "gray": ("dataset-mean chroma", mean_ch
              "inpaint": ("biharmonic (scikit-image)", biharmonic)}
 
 
+def _has_fd(path: str) -> bool:
+  with open(path) as f:
+    return "fd" in json.load(f)
+
+
 def newest_eval(workdir: str) -> str:
   found = sorted(glob.glob(os.path.join(workdir, "eval", "step_*.json")), key=os.path.getmtime)
-  found = [f for f in found if "fd" in json.load(open(f))]
+  found = [f for f in found if _has_fd(f)]
   if not found:
     sys.exit(f"error: {workdir}/eval holds no sample-metric result; run --mode=eval first")
   return found[-1]
