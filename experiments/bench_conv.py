@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from diffusion_jax.models import conv as conv_lib  # noqa: E402
+from experiments import machine  # noqa: E402
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -161,15 +162,6 @@ def formulation(name: str):
   raise SystemExit(f"error: unknown formulation {name!r}")
 
 
-def cpu_model() -> str:
-  for line in open("/proc/cpuinfo"):
-    if line.startswith("model name"):
-      flags = open("/proc/cpuinfo").read()
-      isa = "avx512f" if " avx512f" in flags else "avx2" if " avx2" in flags else "?"
-      return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cpus, {isa})"
-  return "unknown"
-
-
 def best(fn, args, reps: int) -> float:
   jax.block_until_ready(fn(*args))
   t = float("inf")
@@ -191,7 +183,7 @@ def main():
   p.add_argument("--out", default="", help="Also append the summary line to this file.")
   args = p.parse_args()
   s = args.stride
-  where = {"cpu": cpu_model(), "jax": jax.__version__, "stride": s,
+  where = {"cpu": machine.cpu_model(), "jax": jax.__version__, "stride": s,
            "chunk_positions": conv_lib.CHUNK_POSITIONS}
   print(json.dumps(where), flush=True)
   peer = None
@@ -263,11 +255,7 @@ def main():
       if peer and k.startswith("jax_dw_"):
         entry["vs_torch_" + k[7:]] = round(statistics.median(x[k] / x["torch_dw"] for x in rs), 2)
     summary[shape] = entry
-  line = json.dumps({"summary": summary, **where})
-  print(line, flush=True)
-  if args.out:
-    with open(args.out, "a") as f:
-      f.write(line + "\n")
+  machine.emit({"summary": summary, **where}, args.out)
 
 
 if __name__ == "__main__":

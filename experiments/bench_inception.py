@@ -11,9 +11,7 @@ JSON line per round and a summary with the median images/s and the CPU model, fr
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -25,18 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from diffusion_jax.evaluation import inception  # noqa: E402
-
-
-def cpu_model() -> str:
-  """lscpu's "Model name", or the platform's processor string."""
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-  except (OSError, subprocess.CalledProcessError):
-    return platform.processor() or "unknown"
-  for line in out.splitlines():
-    if line.startswith("Model name:"):
-      return line.split(":", 1)[1].strip()
-  return "unknown"
+from experiments import machine  # noqa: E402
 
 
 def random_weights() -> inception.InceptionWeights:
@@ -62,7 +49,7 @@ def main():
   images = jnp.asarray(images, jnp.float32)
   t0 = time.perf_counter()
   jax.block_until_ready(fn(images))
-  info = {"cpu": cpu_model(), "cores": os.cpu_count(), "backend": jax.default_backend(),
+  info = {"cpu": machine.cpu_model(), "cores": os.cpu_count(), "backend": jax.default_backend(),
           "jax": jax.__version__, "batch": args.batch, "size": args.size,
           "weights": weights.sha256[:12], "compile_and_first_batch_s":
           round(time.perf_counter() - t0, 2)}

@@ -19,8 +19,6 @@ a TPU topology the step is compiled for ahead of time on this machine, with no T
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -33,6 +31,7 @@ from diffusion_jax import config as config_lib  # noqa: E402
 from diffusion_jax.launch import check  # noqa: E402
 from diffusion_jax.run import build, spec as spec_lib  # noqa: E402
 from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
+from experiments import machine  # noqa: E402
 
 # (name, overrides of the config): each variant changes one knob from the baseline.
 VARIANTS = {
@@ -45,20 +44,6 @@ VARIANTS = {
     "fsdp=4": {"mesh.fsdp": 4},
     "fsdp=8": {"mesh.fsdp": 8},
 }
-
-
-def cpu_model() -> str:
-  """lscpu's model name, family, model and widest vector extension."""
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  except OSError:
-    return platform.processor()
-  info = dict(l.split(":", 1) for l in out.splitlines() if ":" in l)
-  get = lambda k: info.get(k, "?").strip()
-  flags = get("Flags").split()
-  vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-  return (f"{get('Model name')} (family {get('CPU family')}, model {get('Model')}, {vector}, "
-          f"{os.cpu_count()} cores)")
 
 
 def memory(batch: int, overrides: dict, topology: str = "",
@@ -134,7 +119,8 @@ def main() -> None:
     for row in remat_probe():
       print(json.dumps({"target": jax.default_backend(), **row}), flush=True)
     return
-  print(json.dumps({"cpu": cpu_model(), "target": args.topology or jax.default_backend(),
+  print(json.dumps({"cpu": machine.cpu_model(),
+                    "target": args.topology or jax.default_backend(),
                     "config": args.config, "jax": jax.__version__, "batch": args.batch,
                     "devices": args.devices}),
                    flush=True)

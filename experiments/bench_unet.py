@@ -29,7 +29,6 @@ with the first.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from diffusion_jax.core import diffusion, samplers  # noqa: E402
 from diffusion_jax.models.unet import Cond, UNet, UNetConfig  # noqa: E402
 from diffusion_jax.training import optimizer, state as state_lib  # noqa: E402
 from diffusion_jax.training.step import make_train_step  # noqa: E402
+from experiments import machine  # noqa: E402
 
 # The peer, as ../shared/bench/peer_torch_bench.py builds and steps it, served block by
 # block: a line "train N" or "eval N" -> seconds per step.
@@ -97,16 +97,6 @@ for line in sys.stdin:
   sync()
   print(json.dumps({"seconds_per_step": (time.perf_counter() - t0) / int(n)}), flush=True)
 """
-
-
-def cpu_model() -> str:
-  try:
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
 
 
 def flops_of(stage) -> float:
@@ -231,7 +221,7 @@ def main():
 
   device = jax.devices()[0]
   where = {"backend": jax.default_backend(), "device": device.device_kind,
-           "cpu": cpu_model(), "jax": jax.__version__, "batch": args.batch,
+           "cpu": machine.cpu_model(), "jax": jax.__version__, "batch": args.batch,
            "dtype": args.dtype}
   print(json.dumps(where), flush=True)
   # The peer first: a broken peer environment stops the run before minutes of compiling.
@@ -300,11 +290,7 @@ def main():
       "train_fraction_of_matmul": train_tflops / mm if mm else None})
   if args.peak_tflops:
     summary["mfu"] = train_tflops / args.peak_tflops
-  line = json.dumps({"summary": summary, **where})
-  print(line, flush=True)
-  if args.out:
-    with open(args.out, "a") as f:
-      f.write(line + "\n")
+  machine.emit({"summary": summary, **where}, args.out)
 
 
 if __name__ == "__main__":
