@@ -36,6 +36,7 @@ def get_config(arg: str = ""):
   m.text_width = 64
   m.text_layers = 2
   m.cross_attn_resolutions = (16, 8)
+  m.cross_attn_positions = True  # Each place reads the phrase that names it.
 
   c.diffusion.prediction = "v"
   c.diffusion.schedule = "cosine"

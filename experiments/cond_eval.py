@@ -274,6 +274,7 @@ def eval_text(config, mesh, params, args) -> tuple[dict, list]:
   inputs, record = inputs_lib.gather(spec, inputs_lib.Given(prompts=prompts), tok)
   images = sample_run.sample_images(spec, params, mesh, inputs, record)
   res = shapes_detector.score(images, prompts)
+  args.by_value = shapes_detector.score_by_value(images, prompts)
   res["split"] = args.split
   res["text_guidance_scale"] = config.sample.text_guidance_scale
   return res, [images, split["image"]]
@@ -329,6 +330,9 @@ def main():
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, tag + ".json"), "w") as f:
     json.dump(res, f, indent=2)
+  if getattr(args, "by_value", None):  # Text: per attribute value, a table of its own.
+    with open(os.path.join(args.out, tag + "_by_value.json"), "w") as f:
+      json.dump(args.by_value, f, indent=2)
   save_panel(panel, os.path.join(args.out, tag + ".png"))
   print(json.dumps(res, indent=2))
 

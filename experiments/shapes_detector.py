@@ -295,6 +295,25 @@ def score(images, captions) -> dict:
   return {name: summarise(js) for name, js in groups.items()}
 
 
+def score_by_value(images, captions) -> dict:
+  """Per attribute value ("position=at the top", ...): over described shapes with that
+  value, the fraction matched fully right (all four attributes) and per attribute."""
+  if len(images) != len(captions):
+    raise ValueError(f"{len(images)} images but {len(captions)} captions")
+  rows: dict[str, list[dict]] = {}
+  for image, text in zip(images, captions):
+    described = parse_caption(text)
+    for s, p in zip(described, judge(described, detect(image))["per_shape"]):
+      for a, v in zip(ATTRIBUTES, s):
+        rows.setdefault(f"{a}={v}", []).append(p)
+  out = {}
+  for key in sorted(rows):
+    ps = rows[key]
+    out[key] = {"shapes": len(ps), "fully_right": float(np.mean([all(p.values()) for p in ps]))}
+    out[key].update({a: float(np.mean([p[a] for p in ps])) for a in ATTRIBUTES})
+  return out
+
+
 def add_noise(images: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
   """Images plus Gaussian noise of `std` on the 0..255 scale, rounded and clipped."""
   rng = np.random.default_rng(seed)

@@ -7,8 +7,9 @@ opposite positions (left/right or top/bottom), so they never overlap.
 
 Every example is a pure function of (split, index): rendering is deterministic and
 independent of generation order. Held-out prompts: one single-shape phrase in ten
-(a fixed choice) never appears in `train`; `test` holds exactly the examples that use
-at least one held-out phrase, for evaluating text-to-image on unseen prompts.
+(a fixed choice in which every size, colour, shape and position appears) never appears
+in `train`; `test` holds exactly the examples that use at least one held-out phrase, for
+evaluating text-to-image on unseen prompts, per attribute value.
 """
 
 import itertools
@@ -30,7 +31,10 @@ MAX_SHAPES = 2
 
 # Every single-shape phrase, in a fixed order; one in ten is held out of training.
 PHRASES = [(s, c, h, p) for s, c, h, p in itertools.product(SIZES, COLORS, SHAPES, POSITIONS)]
-HELD_OUT = frozenset(PHRASES[i] for i in range(7, len(PHRASES), 10))
+# Phrase j takes each attribute's value j mod its count: 21 distinct phrases (3 and 7 are
+# coprime) in which every value of every attribute appears, each 2-11 times.
+HELD_OUT = frozenset((SIZES[j % 2], list(COLORS)[j % 7], SHAPES[j % 3], list(POSITIONS)[j % 5])
+                     for j in range(21))
 
 
 def phrase_text(size: str, color: str, shape: str, position: str) -> str:
@@ -93,9 +97,11 @@ def example(split: str, index: int, seed: int = 0) -> dict:
 class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
   """Shapes and their captions, rendered offline (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.",
-                   "1.1.0": "The same examples, prepared as ArrayRecord (read by index)."}
+                   "1.1.0": "The same examples, prepared as ArrayRecord (read by index).",
+                   "2.0.0": "Held-out phrases cover every attribute value (1.x held out "
+                            "only 'at the top'); the splits change."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="default", description="50,000 train, 2,000 test."),
       tfds.core.BuilderConfig(name="tiny", description="512 train, 128 test (for tests)."),

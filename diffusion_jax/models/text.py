@@ -71,15 +71,23 @@ class Context(nn.Module):
 
 
 class CrossAttnBlock(nn.Module):
-  """Feature maps (queries) attend to the text context (keys, values); zero-init output."""
+  """Feature maps (queries) attend to the text context (keys, values); zero-init output.
+
+  positions: a learned embedding of each location (zero-initialised) is added to the
+  queries, so a location can pick the words about its own place ("on the left") while
+  the noisy image does not yet show what stands there.
+  """
   num_heads: int
   num_groups: int
   dtype: Any
+  positions: bool = False
 
   @nn.compact
   def __call__(self, x, context, mask):
     b, hgt, wid, c = x.shape
     h = nn.GroupNorm(self.num_groups, dtype=self.dtype)(x).reshape(b, hgt * wid, c)
+    if self.positions:
+      h = h + self.param("query_pos", nn.initializers.zeros, (hgt * wid, c)).astype(h.dtype)
     attn_mask = nn.make_attention_mask(jnp.ones((b, hgt * wid), bool), mask)
     h = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, qkv_features=c, out_features=c, dtype=self.dtype,

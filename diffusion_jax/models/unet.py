@@ -58,6 +58,9 @@ class UNetConfig:
   text_emb_dim: int = 0
   # Feature-map sizes with cross-attention to the text.
   cross_attn_resolutions: tuple[int, ...] = ()
+  # A learned position embedding added to the cross-attention queries (binds each
+  # phrase's attributes to the place it names).
+  cross_attn_positions: bool = False
   dtype: str = "float32"
   # Storage dtype of the parameters (PARAM_DTYPES); their EMA and the optimizer state
   # follow it. The layers cast the parameters to `dtype` to compute.
@@ -151,6 +154,8 @@ class UNetConfig:
             "a text model needs model.cross_attn_resolutions (where the U-Net reads the text)")
     require(self.text or not self.cross_attn_resolutions,
             "model.cross_attn_resolutions needs text (model.text_vocab_size or text_emb_dim)")
+    require(self.cross_attn_resolutions or not self.cross_attn_positions,
+            "model.cross_attn_positions needs model.cross_attn_resolutions")
     if self.text:
       require(self.text_width % self.text_heads == 0 and self.text_max_len > 0
               and self.text_layers >= 0,
@@ -423,7 +428,7 @@ class UNet(nn.Module):
       if self_attention and h.shape[1] in cfg.attn_resolutions:
         h = self_attn()(h)
       if context is not None and h.shape[1] in cfg.cross_attn_resolutions:
-        h = cross_attn_block(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
+        h = cross_attn_block(cfg.num_heads, cfg.num_groups, dtype, cfg.cross_attn_positions)(h, context, mask)
       return h
 
     h = conv.make_conv(cfg.conv_impl, cfg.ch, (3, 3), dtype=dtype, name="conv_in")(x)
@@ -445,7 +450,7 @@ class UNet(nn.Module):
     h = block(h.shape[-1])(h, emb, train)
     h = self_attn()(h)
     if context is not None and h.shape[1] in cfg.cross_attn_resolutions:
-      h = cross_attn_block(cfg.num_heads, cfg.num_groups, dtype)(h, context, mask)
+      h = cross_attn_block(cfg.num_heads, cfg.num_groups, dtype, cfg.cross_attn_positions)(h, context, mask)
     h = block(h.shape[-1])(h, emb, train)
 
     out = None  # Progressive output path.

@@ -94,6 +94,28 @@ def test_text_changes_the_output_and_padding_does_not():
   assert bool(jnp.isfinite(empty).all()) and float(jnp.abs(empty - base).max()) > 1e-3
 
 
+def test_query_positions_start_as_a_no_op_and_then_act():
+  fields = dict(SMALL, text_emb_dim=6, text_width=16, cross_attn_resolutions=(8, 4))
+  plain, placed = UNet(UNetConfig(**fields)), UNet(UNetConfig(**fields, cross_attn_positions=True))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  t = jnp.full((2,), 0.5)
+  cond = Cond(text_emb=jnp.asarray(rng.normal(size=(2, 5, 6)), jnp.float32),
+              text_mask=jnp.ones((2, 5), bool))
+  params = _perturbed(plain, x, t, cond)
+  with_pos = jax.jit(placed.init)(jax.random.key(0), x, t, cond)["params"]
+  pos = {k: v["query_pos"] for k, v in with_pos.items() if k.startswith("CrossAttnBlock")}
+  assert sorted({v.shape for v in pos.values()}) == [(16, 16), (64, 8)]  # (h*w, channels)
+  assert len(pos) == 3 + 4 and all(not v.any() for v in pos.values())  # Zero at init.
+  merged = {k: dict(v, query_pos=pos[k]) if k in pos else v for k, v in params.items()}
+  base = plain.apply({"params": params}, x, t, cond)
+  np.testing.assert_array_equal(placed.apply({"params": merged}, x, t, cond), base)
+  moved = {k: dict(v, query_pos=v["query_pos"] + 0.5 * jnp.asarray(
+      rng.normal(size=v["query_pos"].shape), jnp.float32)) if k in pos else v
+      for k, v in merged.items()}
+  assert float(jnp.abs(placed.apply({"params": moved}, x, t, cond) - base).max()) > 1e-3
+
+
 def test_image_condition_transforms():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(-1, 1, (3, 8, 8, 3)), jnp.float32)
@@ -222,6 +244,7 @@ def test_precomputed_embeddings_train_end_to_end(tmp_path):
      "exclusive"),
     ({"model.text_vocab_size": 9}, "needs model.cross_attn_resolutions"),
     ({"model.cross_attn_resolutions": (4,)}, "needs text"),
+    ({"model.cross_attn_positions": True}, "needs model.cross_attn_resolutions"),
     ({"sample.text_guidance_scale": 2.0}, "needs a model with text"),
     ({"model.text_vocab_size": 9, "model.cross_attn_resolutions": (4,),
       "sample.text_guidance_scale": 2.0}, "training.text_dropout > 0"),

@@ -46,7 +46,17 @@ def test_captions_follow_the_grammar_and_the_held_out_split(split):
     if len(parsed) == 2:
       assert (parsed[0][3], parsed[1][3]) in shapes.PAIRS + tuple(p[::-1] for p in shapes.PAIRS)
   assert counts[1] > 50 and counts[2] > 50
-  assert 15 <= len(shapes.HELD_OUT) <= 25  # One phrase in ten of 210.
+  assert len(shapes.HELD_OUT) == 21  # One phrase in ten of 210.
+
+
+def test_every_attribute_value_is_held_out_somewhere():
+  # A held-out set that always says "at the top" measures nothing about position.
+  for k, values in enumerate((shapes.SIZES, shapes.COLORS, shapes.SHAPES, shapes.POSITIONS)):
+    assert {p[k] for p in shapes.HELD_OUT} == set(values)
+  # ...and every value stays in training: no attribute value is held out entirely.
+  trained = set(shapes.PHRASES) - shapes.HELD_OUT
+  for k, values in enumerate((shapes.SIZES, shapes.COLORS, shapes.SHAPES, shapes.POSITIONS)):
+    assert {p[k] for p in trained} == set(values)
 
 
 def test_rendering_matches_the_caption():

@@ -79,6 +79,20 @@ def test_a_wrong_attribute_is_scored_wrong(index, replacement):
     assert result[attribute] == (0.0 if i == index else 1.0), attribute
 
 
+def test_scores_by_value_credit_each_described_value():
+  right = ("small", "red", "square", "on the left")
+  wrong_colour = ("large", "blue", "circle", "on the right")
+  images = [shapes.render([right]), shapes.render([("large", "green", "circle", "on the right")])]
+  result = shapes_detector.score_by_value(images, [shapes.phrase_text(*right),
+                                                   shapes.phrase_text(*wrong_colour)])
+  assert result["position=on the left"] == {"shapes": 1, "fully_right": 1.0, "size": 1.0,
+                                            "color": 1.0, "shape": 1.0, "position": 1.0}
+  assert result["color=blue"]["fully_right"] == 0.0 and result["color=blue"]["color"] == 0.0
+  assert result["shape=circle"]["shape"] == 1.0 and result["shape=circle"]["fully_right"] == 0.0
+  assert "color=green" not in result  # Only described values are scored.
+  assert len(result) == 8
+
+
 def test_an_extra_or_missing_shape_is_not_fully_right():
   a = ("large", "blue", "triangle", "at the top")
   b = ("small", "yellow", "circle", "at the bottom")
