@@ -35,7 +35,8 @@ def abstract_apply(config, batch=2):
 
 # Latent configs: the config of the autoencoder run their latent.autoencoder names
 # (configs naming a converted weight file, *.npz, use SD's VAE).
-LATENT_AUTOENCODERS = {"photo_latent.py": "photo_autoencoder.py"}
+LATENT_AUTOENCODERS = {"photo_latent.py": "photo_autoencoder.py",
+                       "photo64_latent.py": "photo64_autoencoder.py"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
