@@ -226,11 +226,12 @@ def jitted_train_step(spec, net, tx, mesh, abstract=None):
   state = jax.tree.map(lambda x: x.sharding, abstract)
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
   ae_params = encoder_params(spec)
+  options = mesh_lib.compiler_options(mesh)
   if ae_params is None:
     return jax.jit(train_step(spec, net, tx), in_shardings=(state, data),
-                   out_shardings=(state, repl), donate_argnums=(0,))
+                   out_shardings=(state, repl), donate_argnums=(0,), compiler_options=options)
   step = jax.jit(train_step(spec, net, tx), in_shardings=(state, data, repl),
-                 out_shardings=(state, repl), donate_argnums=(0,))
+                 out_shardings=(state, repl), donate_argnums=(0,), compiler_options=options)
   ae_params = jax.device_put(ae_params, repl)
   return lambda state, batch: step(state, batch, ae_params)
 
@@ -242,7 +243,7 @@ def init_fns(spec, net, tx, mesh):
   key = jax.random.key(spec.seed)
   shapes = jax.eval_shape(create, key)
   shardings = mesh_lib.state_shardings(shapes, mesh, spec.mesh.fsdp_min_size)
-  init = jax.jit(create, out_shardings=shardings)
+  init = jax.jit(create, out_shardings=shardings, compiler_options=mesh_lib.compiler_options(mesh))
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           shapes, shardings)
   return init, key, abstract

@@ -72,3 +72,27 @@ def test_the_mesh_section_is_checked_where_it_is_parsed():
   assert mesh_lib.with_fsdp(mesh, 1) is mesh
   with pytest.raises(ConfigError, match="does not divide the 1 devices"):
     mesh_lib.with_fsdp(mesh, 2)
+
+
+def test_cpu_programs_get_the_cpu_compiler_options_and_others_none(monkeypatch):
+  import types
+
+  import numpy as np
+
+  from diffusion_jax.launch import check
+  cpu = mesh_lib.make_mesh()
+  assert mesh_lib.compiler_options(cpu) == mesh_lib.CPU_COMPILER_OPTIONS
+  # A program traced here for a TPU topology (launch check) gets none of them.
+  tpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="tpu")] * 2))
+  assert mesh_lib.compiler_options(tpu) == {}
+  # They reach XLA when the run's initialiser and train step compile: an unknown option
+  # in their place makes both fail.
+  monkeypatch.setattr(mesh_lib, "CPU_COMPILER_OPTIONS", {"xla_not_an_option": 1})
+  spec = spec_lib.parse(config_lib.load(os.path.join(ROOT, "configs", "digits.py") + ":runlocal"), 1)
+  net, tx = build.model(spec), build.optimizer_of(spec)
+  init, key, abstract = build.init_fns(spec, net, tx, cpu)
+  with pytest.raises(Exception, match="xla_not_an_option"):
+    init.lower(key).compile()
+  step = build.jitted_train_step(spec, net, tx, cpu, abstract)
+  with pytest.raises(Exception, match="xla_not_an_option"):
+    step.lower(abstract, check.abstract_batch(spec, net, cpu)).compile()
