@@ -19,7 +19,7 @@ photo_common = import_sibling(__file__, "_photo_common.py")
 
 
 def get_config(arg: str = ""):
-  c = photo_common.base(arg, "photo64_latent", num_steps=2500)
+  c = photo_common.base(arg, "photo64_latent", num_steps=1051)  # Where 15 minutes side by side ended.
   c.latent.autoencoder = "runs/photo64_ae"
   m = c.model
   m.ch = 32

@@ -15,7 +15,7 @@ photo_common = import_sibling(__file__, "_photo_common.py")
 
 
 def get_config(arg: str = ""):
-  c = photo_common.base(arg, "photo64_pixel", num_steps=600)
+  c = photo_common.base(arg, "photo64_pixel", num_steps=151)  # Where 15 minutes side by side ended.
   m = c.model
   m.ch = 16
   m.ch_mult = (1, 2, 4, 4)  # 64x64, 32x32, 16x16, 8x8.
