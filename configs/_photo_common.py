@@ -49,3 +49,22 @@ def base(arg: str, name: str, num_steps: int = 3000):
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of configs/{name}.py (known: runlocal)")
   return c
+
+
+def demo64(c, arg: str) -> None:
+  """What the 64x64 latent-diffusion demo's two diffusion configs share
+  (configs/photo64_latent.py, configs/photo64_pixel.py): unconditional sampling, a
+  constant learning rate, the sample metrics and the 64x64 data."""
+  c.sample.project = False  # No image condition.
+  c.sample.sampler = "dpmpp_2m"
+  c.sample.num_steps = 25
+  c.training.batch_size = 32
+  # Constant after warmup: a run stopped at a wall-time budget (SIGTERM saves the step
+  # it reached) is as trained as its schedule says; the demo stops both so.
+  c.optim.lr_schedule = "constant"
+  c.optim.warmup_steps = 100
+  c.eval.metrics = "fd,kid,precision,recall"  # photos-v1 features, 64x64 resized to 32x32.
+  c.eval.num_samples = 500
+  if not arg:
+    c.data.name = "photo_patches/res64"
+    c.data.image_size = 64

@@ -26,17 +26,5 @@ def get_config(arg: str = ""):
   m.ch_mult = (1, 2, 2)  # 16x16 latents, then 8x8 and 4x4.
   m.num_res_blocks = 2
   m.attn_resolutions = (8,)
-  c.sample.project = False  # No image condition.
-  c.sample.sampler = "dpmpp_2m"
-  c.sample.num_steps = 25
-  c.training.batch_size = 32
-  # Constant after warmup: a run stopped at a wall-time budget (SIGTERM saves the step
-  # it reached) is as trained as its schedule says; the demo stops both so.
-  c.optim.lr_schedule = "constant"
-  c.optim.warmup_steps = 100
-  c.eval.metrics = "fd,kid,precision,recall"  # photos-v1 features, 64x64 resized to 32x32.
-  c.eval.num_samples = 500
-  if not arg:
-    c.data.name = "photo_patches/res64"
-    c.data.image_size = 64
+  photo_common.demo64(c, arg)
   return c

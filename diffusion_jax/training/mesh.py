@@ -78,10 +78,13 @@ def with_fsdp(mesh: Mesh, fsdp: int) -> Mesh:
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
-def compiler_options(mesh: Mesh) -> dict:
+def compiler_options(mesh) -> dict:
   """XLA options for programs compiled for `mesh`'s devices: CPU_COMPILER_OPTIONS on
   CPUs, none elsewhere (decided by the devices, not the default backend, so that a
-  program traced here for a TPU topology gets the TPU's)."""
+  program traced here for a TPU topology gets the TPU's) or for an AbstractMesh (no
+  devices: shapes only)."""
+  if isinstance(mesh, jax.sharding.AbstractMesh):
+    return {}
   return dict(CPU_COMPILER_OPTIONS) if all(
       d.platform == "cpu" for d in mesh.devices.flat) else {}
 

@@ -85,6 +85,7 @@ def test_cpu_programs_get_the_cpu_compiler_options_and_others_none(monkeypatch):
   # A program traced here for a TPU topology (launch check) gets none of them.
   tpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="tpu")] * 2))
   assert mesh_lib.compiler_options(tpu) == {}
+  assert mesh_lib.compiler_options(AbstractMesh((2, 1), mesh_lib.BATCH_AXES)) == {}
   # They reach XLA when the run's initialiser and train step compile: an unknown option
   # in their place makes both fail.
   monkeypatch.setattr(mesh_lib, "CPU_COMPILER_OPTIONS", {"xla_not_an_option": 1})
