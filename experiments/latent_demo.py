@@ -35,20 +35,7 @@ from diffusion_jax.run import build, latent, sample as sample_run  # noqa: E402
 from diffusion_jax.sampling import inputs as inputs_lib  # noqa: E402
 from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
 from experiments import machine  # noqa: E402
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Per image, of uint8 images (0..255)."""
-  mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-  return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
-
-
-def stats(x: np.ndarray) -> dict:
-  return {"mean": float(x.mean()), "sem": float(x.std(ddof=1) / np.sqrt(len(x)))}
-
-
-def u8(x) -> np.ndarray:
-  return np.clip(np.round((np.asarray(x, np.float64) + 1) * 127.5), 0, 255).astype(np.uint8)
+from experiments.cond_eval import psnr, stats, to_float, u8  # noqa: E402
 
 
 def reconstruction(ae_workdir: str, num: int, batch: int = 50) -> dict:
@@ -58,7 +45,7 @@ def reconstruction(ae_workdir: str, num: int, batch: int = 50) -> dict:
   encode, decode = jax.jit(latent.encoder(ae.config)), jax.jit(latent.decoder(ae.config))
   out = []
   for i in range(0, len(ref), batch):
-    x = ref[i:i + batch].astype(np.float32) / 127.5 - 1
+    x = to_float(ref[i:i + batch])
     out.append(u8(decode(ae.params, encode(ae.params, x))))
   rec = np.concatenate(out)
   size = ref.shape[1] // ae.config.factor
