@@ -12,6 +12,7 @@ writes <out>/<tag>.json and a PNG panel. Pixel errors are on the 0-255 scale.
 """
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -138,11 +139,13 @@ def spec_of(config, mesh) -> spec_lib.Spec:
   return spec_lib.parse(config, mesh.devices.size)
 
 
-def sample_repeated(config, mesh, params, inputs: dict, record: dict, k: int) -> np.ndarray:
+def sample_repeated(config, mesh, params, inputs: dict, record: dict, k: int,
+                    guide=None) -> np.ndarray:
   """k samples per input row: (k, N, H, W, C) uint8."""
   n = len(next(iter(inputs.values())))
   rep = {key: np.concatenate([v] * k) for key, v in inputs.items()}
-  images = sample_run.sample_images(spec_of(config, mesh), params, mesh, rep, record)
+  images = sample_run.sample_images(spec_of(config, mesh), params, mesh, rep, record,
+                                    guide=guide)
   return images.reshape((k, n) + images.shape[1:])
 
 
@@ -161,7 +164,8 @@ def eval_sr(config, mesh, params, args) -> tuple[dict, list]:
   f = config.cond.sr_factor
   low = np.asarray(area_downsample(to_float(ref), f))
   bicubic = u8(conditions.upsample(low, config.data.image_size))
-  samples = sample_repeated(config, mesh, params, {"lowres": low}, {}, args.samples)
+  samples = sample_repeated(config, mesh, params, {"lowres": low}, {}, args.samples,
+                             args.guide)
   mean = np.round(samples.astype(np.float64).mean(0)).astype(np.uint8)
   low_u8 = u8(low)
 
@@ -195,7 +199,8 @@ def eval_sr(config, mesh, params, args) -> tuple[dict, list]:
 def eval_gray(config, mesh, params, args) -> tuple[dict, list]:
   ref = test_images(config, args.num)
   gray = np.asarray(conditions.luminance(to_float(ref)))
-  samples = sample_repeated(config, mesh, params, {"gray": gray}, {}, args.samples)
+  samples = sample_repeated(config, mesh, params, {"gray": gray}, {}, args.samples,
+                             args.guide)
   gray_u8 = u8(gray)
 
   def luma_error(x):  # The known part: the output's luminance against the input.
@@ -229,7 +234,7 @@ def eval_inpaint(config, mesh, params, args) -> tuple[dict, list]:
                                           config.cond.hole_max))
   masked = x * masks
   samples = sample_repeated(config, mesh, params, {"masked": masked, "mask": masks}, {},
-                            args.samples)
+                            args.samples, args.guide)
   hole = 1.0 - masks
   # Baseline: the hole filled with the mean colour of each image's known pixels.
   fill = (ref * masks).sum((1, 2), keepdims=True) / masks.sum((1, 2), keepdims=True)
@@ -272,7 +277,7 @@ def eval_text(config, mesh, params, args) -> tuple[dict, list]:
     prompts = list(split["caption"])
   spec = spec_of(config, mesh)
   inputs, record = inputs_lib.gather(spec, inputs_lib.Given(prompts=prompts), tok)
-  images = sample_run.sample_images(spec, params, mesh, inputs, record)
+  images = sample_run.sample_images(spec, params, mesh, inputs, record, guide=args.guide)
   res = shapes_detector.score(images, prompts)
   args.by_value = shapes_detector.score_by_value(images, prompts)
   res["split"] = args.split
@@ -307,6 +312,10 @@ def main():
   p.add_argument("--guidance", type=float, default=None, help="override the guidance scale")
   p.add_argument("--sampler", default=None, help="override sample.sampler")
   p.add_argument("--steps", type=int, default=None, help="override sample.num_steps")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override a config field, e.g. sample.guidance_interval=(0.28,5.42)")
+  p.add_argument("--guide_from", default=None,
+                 help="WORKDIR[:STEP] of a weaker model: autoguidance, as in main")
   p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
   p.add_argument("--tag", default=None)
   args = p.parse_args()
@@ -320,11 +329,22 @@ def main():
     config.sample.sampler = args.sampler
   if args.steps:
     config.sample.num_steps = args.steps
-  spec_of(config, mesh)
+  for item in args.set:
+    field, value = item.split("=", 1)
+    section, name = field.split(".")
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # A string.
+    config[section][name] = value
+  spec = spec_of(config, mesh)
+  guide = sample_run.checked_guide(spec, args.guide_from, mesh.devices.size, args.tokenizer)
+  args.guide = sample_run.load_guide(spec, guide, args.guide_from, mesh)
   config.sample.batch_size = min(config.sample.batch_size, 256)
   t0 = time.perf_counter()
   res, panel = EVALS[args.task](config, mesh, params, args)
   res.update(workdir=args.workdir, step=step, num=args.num, sampler=config.sample.sampler,
+             overrides=args.set, guide_from=args.guide_from,
              sampler_steps=config.sample.num_steps, seconds=round(time.perf_counter() - t0, 1))
   tag = args.tag or f"cond_{args.task}"
   os.makedirs(args.out, exist_ok=True)
