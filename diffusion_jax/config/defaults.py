@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.text_emb_dim = 0  # Text as precomputed embeddings of this width; 0 = none.
   m.cross_attn_resolutions = ()  # Feature-map sizes with cross-attention to the text.
   m.cross_attn_positions = False  # Learned query positions in that cross-attention.
+  m.text_pooled = True  # The text's mean also added to the time embedding.
   m.dtype = "float32"  # Compute dtype of the layers (models.unet.DTYPES; bfloat16 on TPU).
   m.param_dtype = "float32"  # Dtype of parameters, EMA, optimizer state (unet.PARAM_DTYPES).
   m.remat = "none"  # Blocks recomputed in the backward pass: models.unet.REMAT_POLICIES.

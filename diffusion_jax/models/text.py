@@ -53,10 +53,11 @@ class TextEncoder(nn.Module):
 
 class Context(nn.Module):
   """The cross-attention context: [null token] + projected text, with its mask,
-  and a pooled vector (masked mean) that is added to the time embedding."""
+  and (pooled) a vector of its masked mean for the time embedding, else None."""
   width: int
   emb_dim: int
   dtype: Any
+  pooled: bool = True
 
   @nn.compact
   def __call__(self, text, mask):
@@ -65,6 +66,8 @@ class Context(nn.Module):
     null = jnp.broadcast_to(null, (text.shape[0], 1, self.width)).astype(text.dtype)
     context = jnp.concatenate([null, text], axis=1)
     mask = jnp.concatenate([jnp.ones((text.shape[0], 1), bool), mask], axis=1)
+    if not self.pooled:
+      return context, mask, None
     m = mask[..., None].astype(context.dtype)
     pooled = (context * m).sum(1) / m.sum(1)
     return context, mask, nn.Dense(self.emb_dim, dtype=self.dtype, name="pooled")(pooled)

@@ -61,6 +61,9 @@ class UNetConfig:
   # A learned position embedding added to the cross-attention queries (binds each
   # phrase's attributes to the place it names).
   cross_attn_positions: bool = False
+  # The text's mean added to the time embedding. Off, every location gets the text only
+  # through cross-attention, never as a bag of all its words.
+  text_pooled: bool = True
   dtype: str = "float32"
   # Storage dtype of the parameters (PARAM_DTYPES); their EMA and the optimizer state
   # follow it. The layers cast the parameters to `dtype` to compute.
@@ -156,6 +159,8 @@ class UNetConfig:
             "model.cross_attn_resolutions needs text (model.text_vocab_size or text_emb_dim)")
     require(self.cross_attn_resolutions or not self.cross_attn_positions,
             "model.cross_attn_positions needs model.cross_attn_resolutions")
+    require(self.text or self.text_pooled,
+            "model.text_pooled=False needs text (model.text_vocab_size or text_emb_dim)")
     if self.text:
       require(self.text_width % self.text_heads == 0 and self.text_max_len > 0
               and self.text_layers >= 0,
@@ -414,7 +419,8 @@ class UNet(nn.Module):
     context = None
     if cfg.text:
       context, mask, pooled = self._context(cond, emb_dim, dtype)
-      emb = emb + pooled
+      if pooled is not None:
+        emb = emb + pooled
 
     res_block, attn_block, cross_attn_block = (
         rematted(m, cfg.remat) for m in (ResBlock, AttnBlock, CrossAttnBlock))
@@ -488,7 +494,7 @@ class UNet(nn.Module):
         raise ValueError(f"this U-Net takes precomputed text embeddings of width "
                          f"{cfg.text_emb_dim}: pass Cond(text_emb=..., text_mask=...)")
       text, mask = cond.text_emb.astype(dtype), cond.text_mask
-    return Context(cfg.text_width, emb_dim, dtype, name="context")(text, mask)
+    return Context(cfg.text_width, emb_dim, dtype, cfg.text_pooled, name="context")(text, mask)
 
 
 def resolutions(image_size: int, num_levels: int) -> list[int]:

@@ -116,6 +116,31 @@ def test_query_positions_start_as_a_no_op_and_then_act():
   assert float(jnp.abs(placed.apply({"params": moved}, x, t, cond) - base).max()) > 1e-3
 
 
+def test_without_the_pooled_text_only_cross_attention_reads_it():
+  fields = dict(SMALL, text_emb_dim=6, text_width=16, cross_attn_resolutions=(4,))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  t = jnp.full((2,), 0.5)
+  mask = jnp.ones((2, 5), bool)
+  a, b = (jnp.asarray(rng.normal(size=(2, 5, 6)), jnp.float32) for _ in range(2))
+
+  def text_effect(model, silence_cross_attention):
+    params = _perturbed(model, x, t, Cond(text_emb=a, text_mask=mask))
+    if silence_cross_attention:  # Their output projections back to zero, as at init.
+      params = {k: jax.tree.map(jnp.zeros_like, v) if k.startswith("CrossAttnBlock") else v
+                for k, v in params.items()}
+    f = lambda e: model.apply({"params": params}, x, t, Cond(text_emb=e, text_mask=mask))
+    return params, float(jnp.abs(f(a) - f(b)).max())
+
+  params, _ = text_effect(UNet(UNetConfig(**fields, text_pooled=False)), False)
+  assert "pooled" not in params["context"]
+  for pooled in (True, False):
+    model = UNet(UNetConfig(**fields, text_pooled=pooled))
+    assert text_effect(model, False)[1] > 1e-3
+    # With cross-attention silent the text acts only through the pooled vector.
+    assert (text_effect(model, True)[1] > 1e-3) == pooled
+
+
 def test_image_condition_transforms():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(-1, 1, (3, 8, 8, 3)), jnp.float32)
@@ -245,6 +270,7 @@ def test_precomputed_embeddings_train_end_to_end(tmp_path):
     ({"model.text_vocab_size": 9}, "needs model.cross_attn_resolutions"),
     ({"model.cross_attn_resolutions": (4,)}, "needs text"),
     ({"model.cross_attn_positions": True}, "needs model.cross_attn_resolutions"),
+    ({"model.text_pooled": False}, "model.text_pooled=False needs text"),
     ({"sample.text_guidance_scale": 2.0}, "needs a model with text"),
     ({"model.text_vocab_size": 9, "model.cross_attn_resolutions": (4,),
       "sample.text_guidance_scale": 2.0}, "training.text_dropout > 0"),
