@@ -61,7 +61,7 @@ def apply(config: ml_collections.ConfigDict, overrides: space.Overrides) -> ml_c
       value = tuple(value)
     try:
       node[leaf] = value
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError):
       raise ConfigError(f"sweep: {field}={value!r} has the wrong type: the field holds a "
                         f"{type(node[leaf]).__name__} ({node[leaf]!r})") from None
   return config

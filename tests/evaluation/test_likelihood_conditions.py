@@ -4,7 +4,6 @@ against the exact conditional density."""
 
 import types
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

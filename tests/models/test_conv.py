@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.models import conv, unet
+from diffusion_jax.models import conv
 from diffusion_jax.models.unet import Cond, UNet, UNetConfig
 from diffusion_jax.training import state as state_lib
 
