@@ -32,6 +32,7 @@ from diffusion_jax.evaluation import features  # noqa: E402
 from diffusion_jax.models.layers import area_downsample  # noqa: E402
 from diffusion_jax.run import build, sample as sample_run, spec as spec_lib  # noqa: E402
 from diffusion_jax.sampling import images as images_lib, inputs as inputs_lib  # noqa: E402
+from diffusion_jax.sweep import plan  # noqa: E402
 from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
 from diffusion_jax.run import evaluate  # noqa: E402
 from experiments import baseline_metrics, shapes_detector  # noqa: E402
@@ -329,14 +330,14 @@ def main():
     config.sample.sampler = args.sampler
   if args.steps:
     config.sample.num_steps = args.steps
+  overrides = {}
   for item in args.set:
     field, value = item.split("=", 1)
-    section, name = field.split(".")
     try:
-      value = ast.literal_eval(value)
+      overrides[field] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
-      pass  # A string.
-    config[section][name] = value
+      overrides[field] = value  # A string.
+  plan.apply(config, overrides)  # Unknown fields and wrong types: config errors.
   spec = spec_of(config, mesh)
   guide = sample_run.checked_guide(spec, args.guide_from, mesh.devices.size, args.tokenizer)
   args.guide = sample_run.load_guide(spec, guide, args.guide_from, mesh)
