@@ -374,7 +374,8 @@ def _cell(v) -> str:
 
 def _json_table(path: str, columns: str) -> str:
   """A table of an experiment's output file (.json or .jsonl): one row per object of a
-  list, per line, or per object-valued key of an object (column `_key` names it).
+  list, per line, or per object-valued key of an object (column `_key` names it); an
+  object without object-valued keys is one row.
   Columns are keys or dotted paths; items without the last column are skipped."""
   if not os.path.exists(os.path.join(ROOT, path)):
     raise RegistryError(f"generated table: output file {path} does not exist")
@@ -383,8 +384,8 @@ def _json_table(path: str, columns: str) -> str:
       data = [json.loads(line) for line in f if line.strip()]
     else:
       data = json.load(f)
-  if isinstance(data, dict):
-    data = [{"_key": k, **v} for k, v in data.items() if isinstance(v, dict)]
+  if isinstance(data, dict):  # A flat object is one row.
+    data = [{"_key": k, **v} for k, v in data.items() if isinstance(v, dict)] or [data]
   cols = columns.split(",")
 
   def value(item, col):

@@ -41,6 +41,15 @@ def test_readme_tables_are_generated_from_the_registry(registry):
       assert f"diffusion_jax.reproduce {name}`" not in readme, name
 
 
+def test_json_tables_have_a_row_per_object_and_one_for_a_flat_object(tmp_path, monkeypatch):
+  monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))
+  (tmp_path / "flat.json").write_text(json.dumps({"fd": 41.25, "n": 898, "per_class": [1]}))
+  (tmp_path / "keyed.json").write_text(json.dumps({"a": {"fd": 1.5}, "b": {"fd": 2.0}, "n": 3}))
+  assert reproduce._json_table("flat.json", "n,fd").splitlines()[2:] == ["| 898 | 41.25 |"]
+  assert reproduce._json_table("keyed.json", "_key,fd").splitlines()[2:] == ["| a | 1.5 |",
+                                                                             "| b | 2 |"]
+
+
 def test_values_from_older_output_files_equal_those_files(registry):
   for name, entry in registry["entries"].items():
     if entry.get("source"):
