@@ -384,7 +384,7 @@ def _json_table(path: str, columns: str) -> str:
       data = [json.loads(line) for line in f if line.strip()]
     else:
       data = json.load(f)
-  if isinstance(data, dict):  # A flat object is one row.
+  if isinstance(data, dict):
     data = [{"_key": k, **v} for k, v in data.items() if isinstance(v, dict)] or [data]
   cols = columns.split(",")
 
