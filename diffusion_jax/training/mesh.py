@@ -12,6 +12,7 @@ where each process feeds its own slice of the global batch.
 """
 
 import dataclasses
+import os
 from typing import Any, Iterable
 
 import jax
@@ -82,11 +83,13 @@ def compiler_options(mesh) -> dict:
   """XLA options for programs compiled for `mesh`'s devices: CPU_COMPILER_OPTIONS on
   CPUs, none elsewhere (decided by the devices, not the default backend, so that a
   program traced here for a TPU topology gets the TPU's) or for an AbstractMesh (no
-  devices: shapes only)."""
+  devices: shapes only). An option the user set in XLA_FLAGS is left to that setting."""
   if isinstance(mesh, jax.sharding.AbstractMesh):
     return {}
-  return dict(CPU_COMPILER_OPTIONS) if all(
-      d.platform == "cpu" for d in mesh.devices.flat) else {}
+  if not all(d.platform == "cpu" for d in mesh.devices.flat):
+    return {}
+  flags = os.environ.get("XLA_FLAGS", "")
+  return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if f"--{k}=" not in flags}
 
 
 def fsdp_size(mesh: Mesh) -> int:

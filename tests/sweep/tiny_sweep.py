@@ -27,6 +27,8 @@ def get_sweep(arg: str = ""):
   sweeps = {
       # Seeds only: every trial compiles the same programs (one compile per session).
       "seeds": lambda: space.Sweep(grid=space.product({"seed": [0, 1, 2, 3]}), **loss),
+      # One trial per node of the tests' two-node Ray cluster.
+      "pair": lambda: space.Sweep(grid=space.product({"seed": [0, 1]}), **loss),
       # The first trial is the seeds' program; the second's loss overflows.
       "diverge": lambda: space.Sweep(grid=[{"seed": 0}, {"seed": 0, "optim.lr": 1e30}],
                                      **loss),
