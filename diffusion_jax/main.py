@@ -21,10 +21,11 @@ anything is compiled or written (on every process); a run that diverges exits wi
 status 1; SIGTERM saves a checkpoint, prints `preempted at step N` and exits with 0.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from diffusion_jax.run import tf_setup
+
+tf_setup.configure()
 
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -27,6 +27,9 @@ os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
                                     "--xla_backend_optimization_level=0",
                                     "--xla_llvm_disable_expensive_passes=true",
                                     "--xla_cpu_use_fusion_emitters=false"]).strip()
+from diffusion_jax.run import tf_setup  # noqa: E402
+
+tf_setup.configure()  # As the command lines start TensorFlow; started processes inherit it.
 
 import pytest  # noqa: E402
 

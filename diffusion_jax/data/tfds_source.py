@@ -61,9 +61,17 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 
 
 def prepare(builder: tfds.core.DatasetBuilder) -> None:
-  """Prepares a bundled dataset in place the first time it is used."""
-  if not builder.is_prepared():
+  """Prepares a bundled dataset in place the first time it is used. Processes that
+  start together on a fresh data_dir (two sweep runners, hosts sharing a file system)
+  may each prepare it: the first to finish writes it, the others use that copy (tfds
+  removes their own unfinished one)."""
+  if builder.is_prepared():
+    return
+  try:
     builder.download_and_prepare(file_format=FILE_FORMAT)
+  except FileExistsError:
+    if not builder.is_prepared():
+      raise
 
 
 def check_random_access(builder: tfds.core.DatasetBuilder, name: str, data_dir: str) -> None:

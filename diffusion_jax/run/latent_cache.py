@@ -210,5 +210,6 @@ __all__ = ["PREPROCESS", "build", "check", "differences", "identity", "run", "we
 
 
 if __name__ == "__main__":
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from diffusion_jax.run import tf_setup
+  tf_setup.configure()
   sys.exit(run(sys.argv))

@@ -76,5 +76,6 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from diffusion_jax.run import tf_setup
+  tf_setup.configure()
   sys.exit(run(sys.argv))

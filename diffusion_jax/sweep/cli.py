@@ -18,7 +18,9 @@ import os
 import sys
 from typing import Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from diffusion_jax.run import tf_setup
+
+tf_setup.configure()
 
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

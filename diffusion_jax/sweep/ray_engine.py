@@ -33,7 +33,7 @@ from diffusion_jax.sweep.plan import Study
 FORWARDED_ENV = ("TFDS_DATA_DIR", "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR",
                  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
                  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL",
-                 "PYTHONPATH")
+                 "TF_USE_LEGACY_KERAS", "PYTHONPATH")
 
 
 def _installed() -> None:

@@ -101,3 +101,23 @@ def test_tiny_builder_prepares_offline_and_loads(data_dir):
     key = lambda ex: (ex["image"].tobytes(), int(ex["scale"]))  # noqa: E731
     assert sorted(map(key, got)) == sorted(map(key, want))
     assert got[0]["image"].shape == (32, 32, 3) and got[0]["image"].dtype == np.uint8
+
+
+def test_a_dataset_another_process_prepared_meanwhile_is_used(tmp_path, monkeypatch):
+  """Two builders on one fresh data_dir, as two runners starting together have: the
+  other one finishes first, while this one is generating its copy."""
+  mine = tfds.builder("photo_patches/tiny", data_dir=str(tmp_path))
+  other = tfds.builder("photo_patches/tiny", data_dir=str(tmp_path))
+  generate = mine._download_and_prepare
+
+  def other_finishes_first(*args, **kwargs):
+    tfds_source.prepare(other)
+    return generate(*args, **kwargs)
+
+  monkeypatch.setattr(mine, "_download_and_prepare", other_finishes_first)
+  tfds_source.prepare(mine)
+  assert other.is_prepared() and mine.is_prepared()
+  source = mine.as_data_source(split="train")
+  assert len(source) == photos.CONFIGS["tiny"].train and source[0]["image"].shape == (32, 32, 3)
+  # Only the finished copy is left in the data_dir.
+  assert [p.name for p in (tmp_path / "photo_patches" / "tiny").iterdir()] == [str(mine.version)]
