@@ -26,6 +26,7 @@ SHRINK = {
     "train": {"training.num_steps": 2, "training.checkpoint_every": 2, "training.log_every": 1,
               "training.batch_size": 8, "optim.warmup_steps": 1, "model.num_res_blocks": 1,
               "model.attn_resolutions": (), "model.ch": 8, "model.num_groups": 4,
+              "model.text_layers": 1,
               "sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2,
               "eval.num_samples": 80},
     "sample": {"sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2},
