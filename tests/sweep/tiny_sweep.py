@@ -27,7 +27,7 @@ def get_sweep(arg: str = ""):
   sweeps = {
       # Seeds only: every trial compiles the same programs (one compile per session).
       "seeds": lambda: space.Sweep(grid=space.product({"seed": [0, 1, 2, 3]}), **loss),
-      # One trial per node of the tests' two-node Ray cluster.
+      # Two trials: one per node of the tests' Ray cluster; a kill during the second.
       "pair": lambda: space.Sweep(grid=space.product({"seed": [0, 1]}), **loss),
       # The first trial is the seeds' program; the second's loss overflows.
       "diverge": lambda: space.Sweep(grid=[{"seed": 0}, {"seed": 0, "optim.lr": 1e30}],
