@@ -13,7 +13,7 @@ def photo_data(c) -> None:
   d.random_flip = True
 
 
-def base(arg: str, name: str, num_steps: int = 3000):
+def base(arg: str, name: str, num_steps: int = 3000, checkpoint_every: int = 1000):
   """32x32 photo crops, a small U-Net sized for a CPU run, v-prediction (cosine)."""
   c = default.get_config()
   photo_data(c)
@@ -35,7 +35,7 @@ def base(arg: str, name: str, num_steps: int = 3000):
   t.batch_size = 32
   t.num_steps = num_steps
   t.label_dropout = 0.0
-  t.checkpoint_every = 1000
+  t.checkpoint_every = checkpoint_every
   c.optim.lr = 1e-3
 
   s = c.sample
