@@ -84,7 +84,8 @@ def test_cpu_programs_get_the_cpu_compiler_options_and_others_none(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
   assert mesh_lib.compiler_options(cpu) == mesh_lib.CPU_COMPILER_OPTIONS
   # An option set in XLA_FLAGS (as the tests set -O0) is not overridden.
-  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                                  "--xla_cpu_use_fusion_emitters=false")
   assert "xla_backend_optimization_level" not in mesh_lib.compiler_options(cpu)
   # A program traced here for a TPU topology (launch check) gets none of them.
   tpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="tpu")] * 2))
