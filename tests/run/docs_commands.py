@@ -59,6 +59,21 @@ def _value(argv, flag):
   return None
 
 
+def _two_levels(spec: str) -> dict:
+  """A pixel U-Net of more than two levels cut to its top two (compiling a level costs
+  more than training it here); what the config placed on a lower level moves to the
+  second."""
+  from diffusion_jax.config import files
+  c = files.load(spec)
+  m, second = c.model, c.data.image_size // 2
+  if c.kind != "diffusion" or c.latent.autoencoder or len(m.ch_mult) <= 2:
+    return {}
+  out = {"model.ch_mult": tuple(m.ch_mult[:2])}
+  for field in ("cross_attn_resolutions", "cond_image_resolutions"):
+    out[f"model.{field}"] = tuple(sorted({max(r, second) for r in m[field]}, reverse=True))
+  return out
+
+
 def shrunk(argv: list[str], data_dir: str) -> list[str]:
   """The command with a tiny model and run, and the local data_dir (a sweep's trials
   are shrunk as train commands are; --report runs nothing)."""
@@ -72,7 +87,10 @@ def shrunk(argv: list[str], data_dir: str) -> list[str]:
     argv = [f"--config={config}:runlocal" if a == f"--config={config}" and has_variant else a
             for a in argv]
   given = {a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")}
-  extra = {k: v for k, v in SHRINK[mode].items() if k not in given}
+  shrink = dict(SHRINK[mode])
+  if mode == "train" and config:
+    shrink.update(_two_levels(_value(argv, "config")))
+  extra = {k: v for k, v in shrink.items() if k not in given}
   if mode == "sample" and _value(argv, "labels"):
     extra.pop("sample.num_samples")
   return argv + [f"--config.{k}={fmt(v)}" for k, v in extra.items()]
