@@ -7,7 +7,8 @@
 
 Each loads the workdir's config and latest checkpoint, takes the first --num examples
 of the test split (photo_patches test crops come from photos held out of training;
-shapes_captions test captions use prompts held out of training), samples, scores and
+shapes_captions test captions use prompts held out of training; --split=train shows the
+fit to the training data), samples, scores and
 writes <out>/<tag>.json and a PNG panel. Pixel errors are on the 0-255 scale.
 """
 
@@ -156,12 +157,12 @@ def projected(config, samples: np.ndarray, inputs: dict) -> np.ndarray:
   return u8(np.clip(spec.project(to_float(samples), inputs, config.cond), -1, 1))
 
 
-def test_images(config, num: int) -> np.ndarray:
-  return pipeline.load_split_numpy(config.data, "test", num)["image"]
+def test_images(config, num: int, split: str = "test") -> np.ndarray:
+  return pipeline.load_split_numpy(config.data, split, num)["image"]
 
 
 def eval_sr(config, mesh, params, args) -> tuple[dict, list]:
-  ref = test_images(config, args.num)
+  ref = test_images(config, args.num, args.split)
   f = config.cond.sr_factor
   low = np.asarray(area_downsample(to_float(ref), f))
   bicubic = u8(conditions.upsample(low, config.data.image_size))
@@ -198,7 +199,7 @@ def eval_sr(config, mesh, params, args) -> tuple[dict, list]:
 
 
 def eval_gray(config, mesh, params, args) -> tuple[dict, list]:
-  ref = test_images(config, args.num)
+  ref = test_images(config, args.num, args.split)
   gray = np.asarray(conditions.luminance(to_float(ref)))
   samples = sample_repeated(config, mesh, params, {"gray": gray}, {}, args.samples,
                              args.guide)
@@ -228,7 +229,7 @@ def eval_gray(config, mesh, params, args) -> tuple[dict, list]:
 
 
 def eval_inpaint(config, mesh, params, args) -> tuple[dict, list]:
-  ref = test_images(config, args.num)
+  ref = test_images(config, args.num, args.split)
   x = to_float(ref)
   key = jax.random.key(config.sample.seed)
   masks = np.asarray(conditions.box_masks(key, len(x), x.shape[1], config.cond.hole_min,
@@ -309,7 +310,8 @@ def main():
   p.add_argument("--num", type=int, default=200, help="test examples")
   p.add_argument("--samples", type=int, default=2, help="samples per input (image tasks)")
   p.add_argument("--split", default="test",
-                 help="text: captions of this split, or held_out (the held-out phrases)")
+                 help="the split (train measures fit to the training data); text: also held_out "
+                      "(the held-out phrases)")
   p.add_argument("--guidance", type=float, default=None, help="override the guidance scale")
   p.add_argument("--sampler", default=None, help="override sample.sampler")
   p.add_argument("--steps", type=int, default=None, help="override sample.num_steps")
@@ -344,7 +346,7 @@ def main():
   config.sample.batch_size = min(config.sample.batch_size, 256)
   t0 = time.perf_counter()
   res, panel = EVALS[args.task](config, mesh, params, args)
-  res.update(workdir=args.workdir, step=step, num=args.num, sampler=config.sample.sampler,
+  res.update(workdir=args.workdir, step=step, split=args.split, num=args.num, sampler=config.sample.sampler,
              overrides=args.set, guide_from=args.guide_from,
              sampler_steps=config.sample.num_steps, seconds=round(time.perf_counter() - t0, 1))
   tag = args.tag or f"cond_{args.task}"
