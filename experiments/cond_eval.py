@@ -8,8 +8,8 @@
 Each loads the workdir's config and latest checkpoint, takes the first --num examples
 of the test split (photo_patches test crops come from photos held out of training;
 shapes_captions test captions use prompts held out of training; --split=train shows the
-fit to the training data), samples, scores and
-writes <out>/<tag>.json and a PNG panel. Pixel errors are on the 0-255 scale.
+fit to the training data), samples, scores and writes <out>/<tag>.json and a PNG panel.
+Pixel errors are on the 0-255 scale.
 """
 
 import argparse
@@ -157,12 +157,12 @@ def projected(config, samples: np.ndarray, inputs: dict) -> np.ndarray:
   return u8(np.clip(spec.project(to_float(samples), inputs, config.cond), -1, 1))
 
 
-def test_images(config, num: int, split: str = "test") -> np.ndarray:
+def split_images(config, num: int, split: str) -> np.ndarray:
   return pipeline.load_split_numpy(config.data, split, num)["image"]
 
 
 def eval_sr(config, mesh, params, args) -> tuple[dict, list]:
-  ref = test_images(config, args.num, args.split)
+  ref = split_images(config, args.num, args.split)
   f = config.cond.sr_factor
   low = np.asarray(area_downsample(to_float(ref), f))
   bicubic = u8(conditions.upsample(low, config.data.image_size))
@@ -199,7 +199,7 @@ def eval_sr(config, mesh, params, args) -> tuple[dict, list]:
 
 
 def eval_gray(config, mesh, params, args) -> tuple[dict, list]:
-  ref = test_images(config, args.num, args.split)
+  ref = split_images(config, args.num, args.split)
   gray = np.asarray(conditions.luminance(to_float(ref)))
   samples = sample_repeated(config, mesh, params, {"gray": gray}, {}, args.samples,
                              args.guide)
@@ -229,7 +229,7 @@ def eval_gray(config, mesh, params, args) -> tuple[dict, list]:
 
 
 def eval_inpaint(config, mesh, params, args) -> tuple[dict, list]:
-  ref = test_images(config, args.num, args.split)
+  ref = split_images(config, args.num, args.split)
   x = to_float(ref)
   key = jax.random.key(config.sample.seed)
   masks = np.asarray(conditions.box_masks(key, len(x), x.shape[1], config.cond.hole_min,
@@ -346,8 +346,8 @@ def main():
   config.sample.batch_size = min(config.sample.batch_size, 256)
   t0 = time.perf_counter()
   res, panel = EVALS[args.task](config, mesh, params, args)
-  res.update(workdir=args.workdir, step=step, split=args.split, num=args.num, sampler=config.sample.sampler,
-             overrides=args.set, guide_from=args.guide_from,
+  res.update(workdir=args.workdir, step=step, split=args.split, num=args.num,
+             sampler=config.sample.sampler, overrides=args.set, guide_from=args.guide_from,
              sampler_steps=config.sample.num_steps, seconds=round(time.perf_counter() - t0, 1))
   tag = args.tag or f"cond_{args.task}"
   os.makedirs(args.out, exist_ok=True)

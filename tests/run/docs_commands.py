@@ -1,6 +1,7 @@
 """The `python -m diffusion_jax...` commands of README.md and docs/, and how the tests
 run them: in a scratch directory that holds `configs/` (a link to the repository's),
-the input files and the folder of images the commands name, and a small `cifar10` prepared in a local data_dir.
+the input files and the folder of images the commands name, and a small `cifar10`
+prepared in a local data_dir.
 Train commands get the config's `:runlocal` variant where it has one and the shrinking
 overrides below, for the fields the command does not set itself.
 """

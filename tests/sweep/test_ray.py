@@ -1,7 +1,8 @@
 """The Ray engine on a local two-node Ray cluster (loopback, 1 CPU each): a grid of two
 real training runs (one per node) through the command line (then restored: nothing runs
 twice), and an Optuna (TPE) search with ASHA on a cheap objective. The cluster is
-started and stopped here, and no Ray process outlives it. Skipped only where ray is not installed."""
+started and stopped here, and no Ray process outlives it. Skipped only where ray is not
+installed."""
 
 import contextlib
 import io
