@@ -11,6 +11,8 @@ import json
 import orbax.checkpoint as ocp
 from etils import epath
 
+from diffusion_jax.training import checkpoint
+
 BEST_DIR = "checkpoints_best"
 
 
@@ -58,9 +60,11 @@ class BestCheckpoint:
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                            enable_async_checkpointing=False)
     manager = ocp.CheckpointManager(best_dir(self.workdir), options=options,
-                                    item_names=("state", "meta"))
+                                    item_names=("state", "meta"),
+                                    item_handlers={"state": checkpoint.state_handler(),
+                                                   "meta": ocp.JsonCheckpointHandler()})
     manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**self.meta, "best": best})),
+        state=checkpoint.save_state(state), meta=ocp.args.JsonSave({**self.meta, "best": best})),
         force=True)
     manager.wait_until_finished()
     manager.close()

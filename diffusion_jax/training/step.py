@@ -146,7 +146,9 @@ def apply_gradients(state: TrainState, loss: jax.Array, grads, tx: optax.Gradien
   ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                      state.ema_params, params)
   grad_norm = optax.global_norm(grads)
-  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, ema, opt_state))
+  # The EMA needs no check: with a decay in [0, 1) it is a convex combination of
+  # finite values.
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))
   metrics = {**(metrics or {}), "loss": loss, "grad_norm": grad_norm,
              "skipped": 1.0 - ok.astype(jnp.float32)}
   # One conditional over the whole update: a select per leaf makes XLA's CPU
@@ -190,10 +192,26 @@ def _accumulated(model: UNet, diff: diffusion.Diffusion, params, examples, dropo
   return loss / k, grads
 
 
+# Arrays below this size are checked together (all_finite). It is mesh.fsdp_min_size's
+# default: the arrays fsdp leaves whole on every device.
+CHECK_TOGETHER_BELOW = 4096
+
+
 def all_finite(tree) -> jax.Array:
-  """Whether every floating-point value of `tree` is finite (a scalar bool)."""
-  ok = jnp.asarray(True)
+  """Whether every floating-point value of `tree` is finite (a scalar bool).
+
+  Each large array is reduced on its own; the small ones (biases, norm scales: most
+  arrays, few bytes) in one reduction over their concatenation, which XLA fuses rather
+  than writes out. A kernel per array made this check 40% of the tests' tiny U-Net's
+  compile time on the CPU."""
+  small, ok = {}, jnp.asarray(True)
   for x in jax.tree.leaves(tree):
-    if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+      continue
+    if x.size < CHECK_TOGETHER_BELOW:
+      small.setdefault(jnp.result_type(x), []).append(jnp.ravel(x))
+    else:
       ok = ok & jnp.all(jnp.isfinite(x))
+  for xs in small.values():
+    ok = ok & jnp.all(jnp.isfinite(jnp.concatenate(xs)))
   return ok

@@ -204,8 +204,10 @@ def test_divergence_stops_loudly_without_saving_a_bad_checkpoint(tmp_path, data_
   steps = manager.all_steps()
   assert steps
   for step in steps:
+    as_numpy = jax.tree.map(lambda _: checkpoint.ocp.RestoreArgs(restore_type=np.ndarray),
+                            manager.item_metadata(step)[checkpoint.STATE])
     state = manager.restore(step, args=checkpoint.ocp.args.Composite(
-        state=checkpoint.ocp.args.StandardRestore()))["state"]
+        state=checkpoint.ocp.args.PyTreeRestore(restore_args=as_numpy)))["state"]
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state)), step
   manager.close()
 
