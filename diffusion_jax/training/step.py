@@ -193,7 +193,8 @@ def _accumulated(model: UNet, diff: diffusion.Diffusion, params, examples, dropo
 
 
 # Arrays below this size are checked together (all_finite). It is mesh.fsdp_min_size's
-# default: the arrays fsdp leaves whole on every device.
+# default, so the arrays fsdp splits are checked where they lie; a smaller
+# mesh.fsdp_min_size gathers its small split arrays for the check.
 CHECK_TOGETHER_BELOW = 4096
 
 
