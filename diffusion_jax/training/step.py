@@ -207,10 +207,11 @@ def all_finite(tree) -> jax.Array:
   compile time on the CPU."""
   small, ok = {}, jnp.asarray(True)
   for x in jax.tree.leaves(tree):
-    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.inexact):
       continue
     if x.size < CHECK_TOGETHER_BELOW:
-      small.setdefault(jnp.result_type(x), []).append(jnp.ravel(x))
+      small.setdefault(dtype, []).append(jnp.ravel(x))
     else:
       ok = ok & jnp.all(jnp.isfinite(x))
   for xs in small.values():
