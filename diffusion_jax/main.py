@@ -204,7 +204,7 @@ def _main(argv: list[str]) -> None:
   if saved:
     _check_overrides(argv, mode, saved)
 
-  # Imported only now: a bad flag fails fast, before JAX and TensorFlow start.
+  # Imported only now: a bad flag fails fast, before JAX starts.
   from diffusion_jax.training import distributed, loop
   try:
     launch = distributed.Launch.from_flags(fv.coordinator_address, fv.num_processes,
@@ -214,8 +214,6 @@ def _main(argv: list[str]) -> None:
         config.to_json_best_effort(sort_keys=True) + f"\n{workdir}\n{mode}")
   except ConfigError as e:
     _fail(*e.problems)
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerators for JAX.
   try:
     given = distributed.checked(_sample_inputs, fv) if mode == "sample" else None
     if mode != "train" and not saved:

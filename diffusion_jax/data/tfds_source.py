@@ -60,6 +60,13 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   return builder
 
 
+def hide_accelerators_from_tensorflow() -> None:
+  """tfds prepares a dataset with TensorFlow, which would claim every GPU's memory; the
+  accelerators are JAX's. (Reading a prepared dataset does not import TensorFlow.)"""
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+
+
 def prepare(builder: tfds.core.DatasetBuilder) -> None:
   """Prepares a bundled dataset in place the first time it is used. Processes that
   start together on a fresh data_dir (two sweep runners, hosts sharing a file system)
@@ -67,6 +74,7 @@ def prepare(builder: tfds.core.DatasetBuilder) -> None:
   removes their own unfinished one)."""
   if builder.is_prepared():
     return
+  hide_accelerators_from_tensorflow()
   try:
     builder.download_and_prepare(file_format=FILE_FORMAT)
   except FileExistsError:

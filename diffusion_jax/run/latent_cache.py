@@ -192,8 +192,6 @@ def run(argv: list[str]) -> int:
                                   sys_argv=argv)
   try:
     files.parse_flags(fv, argv)
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerators for JAX.
     require(fv.config is not None, "--config is required, e.g. --config=configs/photo_latent.py")
     status, info = build(fv.config, fv.rebuild, log=lambda s: print(s, flush=True))
   except ConfigError as e:

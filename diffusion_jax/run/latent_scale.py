@@ -60,8 +60,6 @@ def run(argv: list[str]) -> int:
                                   flag_values=fv, lock_config=True, sys_argv=argv)
   try:
     files.parse_flags(fv, argv)
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerators for JAX.
     require(fv.config is not None, "--config is required, e.g. --config=configs/photo_latent.py")
     require(bool(fv.autoencoder), "--autoencoder is required (a converted weight file)")
     scale = write_scale(fv.config, fv.autoencoder)

@@ -1,5 +1,5 @@
-"""How the command lines start TensorFlow, which they use for tf.data and TensorBoard
-summaries only."""
+"""How the command lines start TensorFlow, should it load: tfds prepares the bundled
+datasets with it. Reading prepared data and writing TensorBoard events do not load it."""
 
 import os
 

@@ -57,8 +57,6 @@ def _local_check(fv) -> None:
 
 def _local_run(study, workdir, fv, argv) -> int:
   from diffusion_jax.sweep import local
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")  # tf.data only; accelerators are JAX's.
   opts = local.Options(parallel=fv.parallel, stale_after=fv.stale_after,
                        retry_failed=fv.retry_failed)
   return local.run(study, workdir, opts, argv, child=fv.child)

@@ -166,8 +166,6 @@ def trainable(params: dict, ctx: Context) -> None:
 
   train_fn = ctx.train_fn
   if train_fn is None:
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")  # tf.data only; accelerators are JAX's.
     from diffusion_jax.run.train import train_and_evaluate as train_fn
   with open(os.path.join(tdir, "log.txt"), "a") as log, contextlib.redirect_stdout(log):
     train_fn(config, tdir, listeners=[report])
