@@ -375,9 +375,7 @@ def _upsample(cfg: UNetConfig, block, h: Array, emb: Array, train: bool) -> Arra
   """Doubles h: a BigGAN-style resampling block, or DDPM's nearest-neighbour + conv."""
   if cfg.resblock_updown:
     return block(h.shape[-1], "up")(h, emb, train)
-  b, hh, ww, c = h.shape
-  h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
-  return conv.make_conv(cfg.conv_impl, c, (3, 3), dtype=jnp.dtype(cfg.dtype))(h)
+  return conv.upsample_and_conv(cfg.conv_impl, h, h.shape[-1], dtype=jnp.dtype(cfg.dtype))
 
 
 class UNet(nn.Module):

@@ -1,6 +1,6 @@
 """model.conv_impl (models/conv.py): every kernel-gradient implementation gives nn.Conv's
-outputs and gradients under nn.Conv's parameters, and off the CPU "auto" is exactly
-nn.Conv's program."""
+outputs and gradients under nn.Conv's parameters, the upsampling convolution gives those
+of upsampling first, and off the CPU "auto" is exactly nn.Conv's program."""
 
 import flax.linen as nn
 import jax
@@ -56,6 +56,76 @@ def test_gradients_equal_flax_conv(case, impl, monkeypatch):
   np.testing.assert_allclose(jvp(loss), jvp(ref_loss), rtol=1e-5)
 
 
+class _Up(nn.Module):
+  """The U-Net's upsampling layer under `impl`; None: resizing first, then nn.Conv."""
+  impl: str | None
+  features: int
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.impl is None:
+      b, h, w, c = x.shape
+      up = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
+      return nn.Conv(self.features, (3, 3), dtype=self.dtype)(up)
+    return conv.upsample_and_conv(self.impl, x, self.features, dtype=self.dtype)
+
+
+def _upsample_loss(impl, batch, h, w, cin, cout):
+  """A loss of _Up(impl), and the parameters (nn.Conv's) and input it is taken at."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((batch, h, w, cin)), jnp.float32)
+  params = _Up(None, cout).init(jax.random.key(0), x)["params"]
+  params = jax.tree.map(lambda a: a + 0.1, params)  # A non-zero bias too.
+  layer = _Up(impl, cout)
+  loss = lambda p, x: jnp.sum(jnp.sin(layer.apply({"params": p}, x)) ** 2)
+  return loss, params, x
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 4, 5), (5, 9, 8, 3, 2), (2, 8, 11, 6, 6)],
+                         ids=str)
+def test_the_upsampling_conv_equals_upsampling_first(shape, monkeypatch):
+  """At the source resolution (even and odd sizes, chunked kernel gradients): the same
+  values, gradients and forward-mode tangents as resizing first; the same parameters."""
+  monkeypatch.setattr(conv, "CHUNK_POSITIONS", CHUNK)
+  assert conv.uses_upsampling_conv("auto", shape[1:3])
+  loss, params, x = _upsample_loss("auto", *shape)
+  ref_loss, _, _ = _upsample_loss(None, *shape)
+  init = lambda: _Up("auto", shape[-1]).init(jax.random.key(0), x)["params"]
+  assert jax.tree.map(jnp.shape, jax.eval_shape(init)) == jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(loss(params, x), ref_loss(params, x), rtol=1e-5)
+  got = jax.grad(loss, argnums=(0, 1))(params, x)
+  want = jax.grad(ref_loss, argnums=(0, 1))(params, x)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    # Sums in another order: float32 rounding relative to the largest entry.
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-6 * float(jnp.max(jnp.abs(w))))
+  tangent = jnp.cos(x)
+  jvp = lambda f: jax.jvp(lambda v: f(params, v), (x,), (tangent,))[1]
+  np.testing.assert_allclose(jvp(loss), jvp(ref_loss), rtol=1e-5)
+
+
+def test_the_upsampling_conv_is_used_where_it_pays():
+  """Only "auto" on the CPU, from PHASE_MIN_SIZE; a 4x4 source is upsampled first."""
+  x = jnp.zeros((2, 8, 8, 3))
+  program = lambda impl, x: jax.jit(lambda x: _Up(impl, 4).init_with_output(
+      jax.random.key(0), x)[0]).lower(x).as_text()
+  assert program("auto", x).count("stablehlo.convolution") == 4  # One per phase.
+  for impl in ("xla", "chunked"):
+    assert program(impl, x).count("stablehlo.convolution") == 1
+  assert program("auto", jnp.zeros((2, 4, 8, 3))).count("stablehlo.convolution") == 1
+  assert not conv.uses_upsampling_conv("auto", (7, 16))
+
+
+def test_the_upsampling_conv_refuses_what_it_cannot_compute():
+  up = conv.upsampling_conv(jax.lax.conv_general_dilated)
+  x, k = jnp.zeros((1, 8, 8, 2)), jnp.zeros((3, 3, 2, 2))
+  dn = ("NHWC", "HWIO", "NHWC")
+  for strides, padding, kernel in [((2, 2), "SAME", k), ((1, 1), "VALID", k),
+                                   ((1, 1), "SAME", jnp.zeros((1, 1, 2, 2)))]:
+    with pytest.raises(ValueError, match="3x3, stride-1, SAME convolution in NHWC"):
+      up(x, kernel, strides, padding, dimension_numbers=dn)
+
+
 def _kernel_grad_convs(case, impl) -> int:
   loss, params, x = _loss_and_inputs(case, impl)
   text = jax.jit(jax.grad(loss)).lower(params, x).as_text()
@@ -108,12 +178,14 @@ def _unet_grad_program(conv_impl: str, monkeypatch, flax_conv: bool = False):
 def test_unet_parameters_are_nn_conv_s_and_off_cpu_auto_is_its_program(monkeypatch):
   monkeypatch.setattr(conv, "CHUNK_POSITIONS", 64)  # So "chunked" chunks at batch 4.
   ref_text, ref_shapes = _unet_grad_program("xla", monkeypatch, flax_conv=True)
-  # ("auto" is "chunked" on this CPU.) The same parameter tree, names and shapes:
-  for impl in ("xla", "chunked"):
+  # (On this CPU "auto" is "chunked" with the upsampling conv, here at 4x4.) The same
+  # parameter tree, names and shapes:
+  for impl in ("xla", "chunked", "auto"):
     monkeypatch.setattr(conv, "CHUNK_POSITIONS", 64)
+    monkeypatch.setattr(conv, "PHASE_MIN_SIZE", 4)
     text, shapes = _unet_grad_program(impl, monkeypatch)
     assert shapes == ref_shapes, impl
-    assert (text == ref_text) == (impl == "xla"), impl  # "chunked" cuts it up.
+    assert (text == ref_text) == (impl == "xla"), impl  # The others cut it up.
   # Traced for a GPU (or TPU: the same branch), "auto" is nn.Conv's program.
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(conv, "CHUNK_POSITIONS", 64)
@@ -128,19 +200,21 @@ def test_unknown_conv_impl_is_a_config_error():
 
 def test_the_run_s_train_step_is_the_same_under_every_conv_impl(monkeypatch):
   """build.jitted_train_step, as training runs it: two steps from the same state give
-  the same loss and parameters with XLA's and with the chunked kernel gradient."""
+  the same loss and parameters with XLA's program and with "auto"'s on this CPU (chunked
+  kernel gradients, the upsampling conv at the source resolution)."""
   from diffusion_jax.config import defaults
   from diffusion_jax.run import build, spec as spec_lib
   from diffusion_jax.training import mesh as mesh_lib
   from tests.conftest import apply_overrides, tiny_overrides
 
   monkeypatch.setattr(conv, "CHUNK_POSITIONS", 256)  # 4 chunks of the 8x8 level at batch 16.
+  monkeypatch.setattr(conv, "PHASE_MIN_SIZE", 4)  # The tiny U-Net upsamples 4x4 to 8x8.
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
            "label": rng.integers(0, 10, 16).astype(np.int32)}
   mesh = mesh_lib.make_mesh(1)
   results = {}
-  for impl in ("xla", "chunked"):
+  for impl in ("xla", "auto"):
     config = apply_overrides(defaults.get_config(),
                              {**tiny_overrides(), "model.conv_impl": impl})
     spec = spec_lib.parse(config, 1)
@@ -153,8 +227,8 @@ def test_the_run_s_train_step_is_the_same_under_every_conv_impl(monkeypatch):
       state, m = step(state, mesh_lib.global_batch(batch, mesh))
       losses.append(float(m["loss"]))
     results[impl] = losses, jax.device_get(state.params), program.count("stablehlo.convolution")
-  (l_xla, p_xla, n_xla), (l_chunked, p_chunked, n_chunked) = results["xla"], results["chunked"]
-  assert n_chunked > n_xla  # The kernel gradients really are cut into chunks.
-  np.testing.assert_allclose(l_chunked, l_xla, rtol=1e-5)
+  (l_xla, p_xla, n_xla), (l_auto, p_auto, n_auto) = results["xla"], results["auto"]
+  assert n_auto > n_xla  # Cut into chunks (and phases: test_..._is_used_where_it_pays).
+  np.testing.assert_allclose(l_auto, l_xla, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               p_chunked, p_xla)
+               p_auto, p_xla)
