@@ -136,7 +136,7 @@ def upsampling_conv(base: Callable[..., Array]) -> Callable[..., Array]:
 
 
 def uses_upsampling_conv(impl: str, size: tuple[int, int]) -> bool:
-  """Whether make_upsampling_conv(impl, ...) convolves at the source resolution."""
+  """Whether upsample_and_conv(impl, x, ...) convolves at x's resolution (`size`)."""
   return impl == "auto" and jax.default_backend() == "cpu" and min(size) >= PHASE_MIN_SIZE
 
 
