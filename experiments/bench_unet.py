@@ -6,8 +6,8 @@ invocation, interleaved.
   python experiments/bench_unet.py --batch=32 --conv-impl=xla,auto --peer-python=python3
 
 diffusion_jax side: configs/cifar10_ddpm.py's network, its compiled train step (Adam,
-EMA, dropout, the config's loss) and eval forward pass, and DDIM sampling at
---sample-nfe network evaluations. It is built from the config's sections (models,
+EMA, dropout, the config's loss; with training's compiler options, -O1 on the CPU) and
+eval forward pass, and DDIM sampling at --sample-nfe network evaluations. It is built from the config's sections (models,
 core, training) with nothing of the data layer, so it runs wherever JAX, flax, optax
 and ml_collections do. Also printed: compile times, the compiled train step's FLOPs
 (XLA cost analysis) and its FLOP rate against a large matmul timed in the same run
@@ -44,7 +44,7 @@ sys.path.insert(0, ROOT)
 from diffusion_jax.config import files  # noqa: E402
 from diffusion_jax.core import diffusion, samplers  # noqa: E402
 from diffusion_jax.models.unet import Cond, UNet, UNetConfig  # noqa: E402
-from diffusion_jax.training import optimizer, state as state_lib  # noqa: E402
+from diffusion_jax.training import mesh as mesh_lib, optimizer, state as state_lib  # noqa: E402
 from diffusion_jax.training.step import make_train_step  # noqa: E402
 from experiments import machine  # noqa: E402
 
@@ -142,7 +142,8 @@ class JaxBench:
     step = make_train_step(net, tx, diff, config.training.ema_decay, {})
     t0 = time.perf_counter()
     lowered = jax.jit(step, donate_argnums=(0,)).lower(self.state, self.data)
-    self.step = lowered.compile()
+    # Compiled as training compiles it (run/build.py): -O1 on the CPU.
+    self.step = lowered.compile(mesh_lib.compiler_options(mesh_lib.make_mesh(1)))
     timings["train_step_compile_s"] = time.perf_counter() - t0
     # From the program before the backend's passes: a GPU's compiled program hides its
     # convolutions in library calls that its cost analysis does not count.
