@@ -15,22 +15,20 @@ and the median within-round speedups. A benchmark, never a test.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from diffusion_jax.models import conv as conv_lib  # noqa: E402
 from experiments import machine  # noqa: E402
+from experiments.bench_conv import best  # noqa: E402
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -47,16 +45,6 @@ def phases(x, k):
 
 
 SIDES = {"resize_first": resize_first, "phases": phases}
-
-
-def best(fn, args, reps: int) -> float:
-  jax.block_until_ready(fn(*args))
-  t = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    t = min(t, time.perf_counter() - t0)
-  return t
 
 
 def main():
