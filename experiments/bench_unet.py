@@ -120,10 +120,12 @@ def matmul_tflops(dtype, n: int = 4096, reps: int = 10) -> float:
 class JaxBench:
   """The CIFAR-10 DDPM network's compiled train step, forward pass and sampler."""
 
-  def __init__(self, batch: int, dtype: str, sample_nfe: int, conv_impl: str = "auto"):
+  def __init__(self, batch: int, dtype: str, sample_nfe: int, conv_impl: str = "auto",
+               model_overrides: dict | None = None):
     config = files.load(os.path.join(ROOT, "configs", "cifar10_ddpm.py"))
     config.model.dtype = dtype
     config.model.conv_impl = conv_impl
+    config.model.update(model_overrides or {})
     self.batch = batch
     net = UNet(UNetConfig.from_config(config.model))
     diff = diffusion.from_config(config.diffusion)
