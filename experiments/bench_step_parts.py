@@ -101,6 +101,8 @@ def main():
   unknown = sorted(set(parts) - set(PARTS))
   if unknown or parts[0] != "full":
     sys.exit(f"error: --parts must start with full and name only {PARTS}; got {args.parts!r}")
+  if min(args.batch, args.steps, args.rounds) < 1:
+    sys.exit("error: --batch, --steps and --rounds must be at least 1")
   import jax
   where = {"backend": jax.default_backend(), "cpu": machine.cpu_model(),
            "jax": jax.__version__, "batch": args.batch}
