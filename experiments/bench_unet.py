@@ -9,9 +9,10 @@ diffusion_jax side: configs/cifar10_ddpm.py's network, its compiled train step (
 EMA, dropout, the config's loss; with training's compiler options, -O1 on the CPU) and
 eval forward pass, and DDIM sampling at --sample-nfe network evaluations. It is built
 from the config's sections (models, core, training) with nothing of the data layer, so
-it runs wherever JAX, flax, optax and ml_collections do. Also printed: compile times, the compiled train step's FLOPs
-(XLA cost analysis) and its FLOP rate against a large matmul timed in the same run
-(and MFU against --peak-tflops where given), and the compiled memory.
+it runs wherever JAX, flax, optax and ml_collections do. Also printed: compile times,
+the compiled train step's FLOPs (XLA cost analysis) and its FLOP rate against a large
+matmul timed in the same run (and MFU against --peak-tflops where given), and the
+compiled memory.
 
 Peer side: diffusers' UNet2DModel of the same layout, stepped as
 ../shared/bench/peer_torch_bench.py does, in a worker process of --peer-python that
