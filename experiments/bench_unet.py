@@ -11,8 +11,8 @@ eval forward pass, and DDIM sampling at --sample-nfe network evaluations. It is 
 from the config's sections (models, core, training) with nothing of the data layer, so
 it runs wherever JAX, flax, optax and ml_collections do. Also printed: compile times,
 the compiled train step's FLOPs (XLA cost analysis) and its FLOP rate against a large
-matmul timed in the same run (and MFU against --peak-tflops where given), and the
-compiled memory.
+matmul timed in the same run (and MFU against --peak-tflops where given), the
+compiled memory, and the peak resident (host) memory of this process and of the peer's.
 
 Peer side: diffusers' UNet2DModel of the same layout, stepped as
 ../shared/bench/peer_torch_bench.py does, in a worker process of --peer-python that
@@ -30,6 +30,7 @@ with the first.
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,7 +53,7 @@ from experiments import machine  # noqa: E402
 # The peer, as ../shared/bench/peer_torch_bench.py builds and steps it, served block by
 # block: a line "train N" or "eval N" -> seconds per step.
 PEER_WORKER = r"""
-import contextlib, json, sys, time
+import contextlib, json, resource, sys, time
 import torch
 from diffusers import UNet2DModel
 
@@ -96,7 +97,9 @@ for line in sys.stdin:
   for _ in range(int(n)):
     steps[name]()
   sync()
-  print(json.dumps({"seconds_per_step": (time.perf_counter() - t0) / int(n)}), flush=True)
+  print(json.dumps({"seconds_per_step": (time.perf_counter() - t0) / int(n),
+                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+        flush=True)
 """
 
 
@@ -201,7 +204,9 @@ class Peer:
   def seconds(self, name: str, n: int) -> float:
     self.proc.stdin.write(f"{name} {n}\n")
     self.proc.stdin.flush()
-    return json.loads(self.proc.stdout.readline())["seconds_per_step"]
+    reply = json.loads(self.proc.stdout.readline())
+    self.peak_rss_mib = reply["peak_rss_mib"]
+    return reply["seconds_per_step"]
 
   def close(self):
     self.proc.stdin.close()
@@ -291,7 +296,11 @@ def main():
       "conv_impls": impls,
       f"sample_img_per_s_{args.sample_nfe}nfe": sample_img_per_s,
       "train_tflops": train_tflops, "matmul_tflops": mm,
-      "train_fraction_of_matmul": train_tflops / mm if mm else None})
+      "train_fraction_of_matmul": train_tflops / mm if mm else None,
+      # Host memory, whole process: every conv_impl's state and programs on this side.
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+  if peer:
+    summary["peer_peak_rss_mib"] = peer.peak_rss_mib
   if args.peak_tflops:
     summary["mfu"] = train_tflops / args.peak_tflops
   machine.emit({"summary": summary, **where}, args.out)
