@@ -17,8 +17,8 @@ from diffusion_jax.run import latent as latent_lib
 from diffusion_jax.run import latent_cache
 from diffusion_jax.run import spec as spec_lib
 from diffusion_jax.run import workdir as workdir_lib
-from diffusion_jax.training import checkpoint, distributed, mesh as mesh_lib, optimizer
-from diffusion_jax.training import state as state_lib
+from diffusion_jax.training import checkpoint, distributed, host_memory, mesh as mesh_lib
+from diffusion_jax.training import optimizer, state as state_lib
 from diffusion_jax.training.step import make_train_step
 
 
@@ -222,6 +222,22 @@ def jitted_train_step(spec, net, tx, mesh, abstract=None):
   split over the mesh's fsdp axis) and donated, the batch split over all devices; a
   latent run's autoencoder parameters are an argument (replicated), not constants of
   the program. `abstract` is init_fns' abstract state, if at hand (else traced again)."""
+  step, extra = _jitted_step_and_args(spec, net, tx, mesh, abstract)
+  return (lambda state, batch: step(state, batch, *extra)) if extra else step
+
+
+def compiled_train_step(spec, net, tx, mesh, abstract, batch):
+  """jitted_train_step compiled now, for the shapes of `batch` (one batch as training
+  feeds them), rather than inside its first call; then the host memory that compiling
+  freed goes back to the system before the first step runs (training/host_memory.py)."""
+  step, extra = _jitted_step_and_args(spec, net, tx, mesh, abstract)
+  compiled = step.lower(abstract, batch, *extra).compile()
+  host_memory.release_freed()
+  return (lambda state, batch: compiled(state, batch, *extra)) if extra else compiled
+
+
+def _jitted_step_and_args(spec, net, tx, mesh, abstract):
+  """The jitted train step and the arguments it takes after (state, batch)."""
   abstract = abstract if abstract is not None else init_fns(spec, net, tx, mesh)[2]
   state = jax.tree.map(lambda x: x.sharding, abstract)
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
@@ -229,11 +245,11 @@ def jitted_train_step(spec, net, tx, mesh, abstract=None):
   options = mesh_lib.compiler_options(mesh)
   if ae_params is None:
     return jax.jit(train_step(spec, net, tx), in_shardings=(state, data),
-                   out_shardings=(state, repl), donate_argnums=(0,), compiler_options=options)
+                   out_shardings=(state, repl), donate_argnums=(0,),
+                   compiler_options=options), ()
   step = jax.jit(train_step(spec, net, tx), in_shardings=(state, data, repl),
                  out_shardings=(state, repl), donate_argnums=(0,), compiler_options=options)
-  ae_params = jax.device_put(ae_params, repl)
-  return lambda state, batch: step(state, batch, ae_params)
+  return step, (jax.device_put(ae_params, repl),)
 
 
 def init_fns(spec, net, tx, mesh):
@@ -302,6 +318,6 @@ def restore_run(workdir: str, mesh, config=None):
   return with_trained_schedule(spec, state.ema_params), state, tokenizer
 
 
-__all__ = ["KINDS", "Kind", "checked", "encoder_params", "init_fns", "jitted_train_step",
-           "kind_of", "load_state", "model", "optimizer_of", "restore_run", "restore_state",
-           "train_step", "with_trained_schedule"]
+__all__ = ["KINDS", "Kind", "checked", "compiled_train_step", "encoder_params", "init_fns",
+           "jitted_train_step", "kind_of", "load_state", "model", "optimizer_of", "restore_run",
+           "restore_state", "train_step", "with_trained_schedule"]

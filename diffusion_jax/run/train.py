@@ -4,6 +4,9 @@ says (build.KINDS: a diffusion run writes a sample set, an autoencoder run its l
 scale). Every process runs it; process 0 holds the workdir lock and writes the logs,
 the config and the samples, and every process saves its part of the checkpoints."""
 
+import itertools
+import time
+
 import jax
 from etils import epath
 
@@ -92,7 +95,12 @@ def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preemp
     writer.log(f"new run in {workdir}")
   manager = checkpoint.make_manager(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoints)
 
-  step_fn = build.jitted_train_step(spec, net, tx, mesh, abstract)
+  batches, step_fn = _batches(it, mesh), None
+  started = time.perf_counter()  # The first step's time includes compiling it.
+  if int(state.step) < tcfg.num_steps:  # Compiled for the shapes training feeds it.
+    first = next(batches)
+    step_fn = build.compiled_train_step(spec, net, tx, mesh, abstract, first)
+    batches = itertools.chain([first], batches)
   lr_fn = optimizer.learning_rate_schedule(spec.optim, tcfg.num_steps)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   writer.log(f"{n_params:,} parameters, {jax.process_count()} process"
@@ -102,7 +110,7 @@ def _train(spec, workdir, mesh, found, tokenizer, hooks, listeners, lock, preemp
   all_hooks = [*hooks, lock.refresh] if lock is not None else list(hooks)
   try:
     state = loop.train(
-        state, step_fn, _batches(it, mesh), tcfg, writer,
+        state, step_fn, batches, tcfg, writer, started=started,
         save=lambda step, s: checkpoint.save(manager, step, s, it.state(), meta),
         extra_scalars=lambda step: {"lr": float(lr_fn(step - 1))}, hooks=all_hooks,
         preempted=preempted)

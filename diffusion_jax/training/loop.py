@@ -107,17 +107,19 @@ def train(state: TrainState, step_fn: Callable, batches: Iterator[dict], cfg: Tr
           writer: MetricWriter, save: Callable[[int, TrainState], None],
           extra_scalars: Callable[[int], dict] = lambda step: {},
           hooks: Sequence[Hook] = (),
-          preempted: Callable[[int], bool] = lambda step: False) -> TrainState:
+          preempted: Callable[[int], bool] = lambda step: False,
+          started: float | None = None) -> TrainState:
   """Runs step_fn from state.step to cfg.num_steps; `hooks` run after every step.
 
   Metrics are fetched from the device only when logged (and before every
   checkpoint). Updates with non-finite values are skipped by the step itself (its
   `skipped` metric); cfg.max_consecutive_skips of them in a row raise Diverged when
   the metrics are next fetched. `preempted(step)`, asked after every step, is true at
-  a step all processes agree on: the state is saved and Preempted raised.
+  a step all processes agree on: the state is saved and Preempted raised. `started`
+  (time.perf_counter) is when compiling the step began, where it was compiled before.
   """
   step = int(state.step)
-  t_start = time.perf_counter()
+  t_start = time.perf_counter() if started is None else started
   pending, timer = [], None
   skips = _Skips(cfg.max_consecutive_skips)
   while step < cfg.num_steps:

@@ -95,7 +95,7 @@ def test_a_non_finite_update_is_skipped_and_the_next_applies():
   mesh = mesh_lib.make_mesh(1)
   net, tx = build.model(spec), build.optimizer_of(spec)
   init, key, abstract = build.init_fns(spec, net, tx, mesh)
-  step = build.jitted_train_step(spec, net, tx, mesh, abstract)
+  step = build.compiled_train_step(spec, net, tx, mesh, abstract, fake_batch())
   before = jax.device_get(init(key))  # The step donates (deletes) its input state.
   bad = fake_batch()
   bad["image"][3, 2, 2, 0] = np.nan
