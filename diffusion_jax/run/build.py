@@ -218,11 +218,12 @@ def encoder_params(spec):
 
 
 def jitted_train_step(spec, net, tx, mesh, abstract=None):
-  """The train step as training runs it: the state in its shardings (replicated, or
-  split over the mesh's fsdp axis) and donated, the batch split over all devices; a
-  latent run's autoencoder parameters are an argument (replicated), not constants of
-  the program. `abstract` is init_fns' abstract state, if at hand (else traced again)."""
-  step, extra = _jitted_step_and_args(spec, net, tx, mesh, abstract)
+  """The train step as training runs it (compiled ahead by compiled_train_step): the
+  state in its shardings (replicated, or split over the mesh's fsdp axis) and donated,
+  the batch split over all devices; a latent run's autoencoder parameters are an
+  argument (replicated), not constants of the program. `abstract` is init_fns' abstract
+  state, if at hand (else traced again)."""
+  step, extra, _ = _jitted_step_and_args(spec, net, tx, mesh, abstract)
   return (lambda state, batch: step(state, batch, *extra)) if extra else step
 
 
@@ -230,14 +231,15 @@ def compiled_train_step(spec, net, tx, mesh, abstract, batch):
   """jitted_train_step compiled now, for the shapes of `batch` (one batch as training
   feeds them), rather than inside its first call; then the host memory that compiling
   freed goes back to the system before the first step runs (training/host_memory.py)."""
-  step, extra = _jitted_step_and_args(spec, net, tx, mesh, abstract)
+  step, extra, abstract = _jitted_step_and_args(spec, net, tx, mesh, abstract)
   compiled = step.lower(abstract, batch, *extra).compile()
   host_memory.release_freed()
   return (lambda state, batch: compiled(state, batch, *extra)) if extra else compiled
 
 
 def _jitted_step_and_args(spec, net, tx, mesh, abstract):
-  """The jitted train step and the arguments it takes after (state, batch)."""
+  """The jitted train step, the arguments it takes after (state, batch), and the
+  abstract state."""
   abstract = abstract if abstract is not None else init_fns(spec, net, tx, mesh)[2]
   state = jax.tree.map(lambda x: x.sharding, abstract)
   repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
@@ -246,10 +248,10 @@ def _jitted_step_and_args(spec, net, tx, mesh, abstract):
   if ae_params is None:
     return jax.jit(train_step(spec, net, tx), in_shardings=(state, data),
                    out_shardings=(state, repl), donate_argnums=(0,),
-                   compiler_options=options), ()
+                   compiler_options=options), (), abstract
   step = jax.jit(train_step(spec, net, tx), in_shardings=(state, data, repl),
                  out_shardings=(state, repl), donate_argnums=(0,), compiler_options=options)
-  return step, (jax.device_put(ae_params, repl),)
+  return step, (jax.device_put(ae_params, repl),), abstract
 
 
 def init_fns(spec, net, tx, mesh):
