@@ -12,7 +12,8 @@ from the config's sections (models, core, training) with nothing of the data lay
 it runs wherever JAX, flax, optax and ml_collections do. Also printed: compile times,
 the compiled train step's FLOPs (XLA cost analysis) and its FLOP rate against a large
 matmul timed in the same run (and MFU against --peak-tflops where given), the
-compiled memory, and the peak resident (host) memory of this process and of the peer's.
+compiled memory, and the peak resident (host) memory of this process (which hands back
+what compiling freed, as training does) and of the peer's.
 
 Peer side: diffusers' UNet2DModel of the same layout, stepped as
 ../shared/bench/peer_torch_bench.py does, in a worker process of --peer-python that
@@ -46,7 +47,8 @@ sys.path.insert(0, ROOT)
 from diffusion_jax.config import files  # noqa: E402
 from diffusion_jax.core import diffusion, samplers  # noqa: E402
 from diffusion_jax.models.unet import Cond, UNet, UNetConfig  # noqa: E402
-from diffusion_jax.training import mesh as mesh_lib, optimizer, state as state_lib  # noqa: E402
+from diffusion_jax.training import host_memory, mesh as mesh_lib, optimizer  # noqa: E402
+from diffusion_jax.training import state as state_lib  # noqa: E402
 from diffusion_jax.training.step import make_train_step  # noqa: E402
 from experiments import machine  # noqa: E402
 
@@ -166,6 +168,7 @@ class JaxBench:
     self.sample = None
     if not sample_nfe:
       self.timings = timings
+      host_memory.release_freed()  # As training does once its step is compiled.
       return
     scfg = samplers.SamplerConfig(sampler="ddim", num_steps=sample_nfe)
     sample = jax.jit(lambda p, k: samplers.sample(
@@ -179,6 +182,7 @@ class JaxBench:
       self.sample = None
       timings["sampler_compile_error"] = " ".join(str(e).split())[:300]
     self.timings = timings
+    host_memory.release_freed()
 
 
 def _time(fn, n: int) -> float:
