@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -51,6 +52,30 @@ def test_train_resume_and_files(trained):
     assert data["images"].shape == (10, 8, 8, 1) and data["images"].dtype == np.uint8
     np.testing.assert_array_equal(data["labels"], np.arange(10))
     assert os.path.getsize(os.path.join(wd, "samples", f"step_{step}.png")) > 0
+
+
+def test_a_finished_run_run_again_trains_nothing_and_keeps_what_it_wrote(trained, data_dir,
+                                                                         tmp_path, monkeypatch):
+  """Training is compiled only where steps remain (run/train.py); the checkpoints stay as
+  they were and the new sample set goes beside the others."""
+  from diffusion_jax.run import build
+
+  def no_compile(*args):
+    raise AssertionError("a finished run compiled its train step")
+
+  monkeypatch.setattr(build, "compiled_train_step", no_compile)
+  wd = str(tmp_path / "wd")
+  shutil.copytree(trained[0], wd, ignore=shutil.ignore_patterns("lock.json"))
+  checkpoints, samples = (os.path.join(wd, d) for d in ("checkpoints", "samples"))
+  before = snapshot(checkpoints), snapshot(samples)
+  r = cli(wd, overrides={**QUICK, "training.num_steps": 6, "training.checkpoint_every": 2},
+          data_dir=data_dir)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "steps 6->6" in r.stdout and "first step" not in r.stdout, r.stdout
+  assert snapshot(checkpoints) == before[0]
+  after = snapshot(samples)
+  assert {p: after[p] for p in before[1]} == before[1]
+  assert sorted(os.path.splitext(p)[1] for p in set(after) - set(before[1])) == [".npz", ".png"]
 
 
 def test_sample_mode_with_labels_never_overwrites(trained, data_dir):
@@ -298,7 +323,6 @@ def test_cli_runs_from_outside_the_repository(tmp_path, data_dir):
                                     "missing metadata"])
 def test_a_damaged_newest_checkpoint_falls_back_with_a_warning(trained, data_dir, tmp_path,
                                                                damage):
-  import shutil
   wd = str(tmp_path / "wd")
   shutil.copytree(trained[0], wd)
   state = os.path.join(wd, "checkpoints", "6", "state")
@@ -341,7 +365,6 @@ def test_autoguidance_from_a_checkpoint_of_the_same_run(trained, data_dir, tmp_p
   training, same seed and settings); by step 2 they are not. (Steps 2 and 6 of a 6-step
   run differ little in their EMA parameters, decay 0.999: the large scale makes the
   difference visible in uint8.)"""
-  import shutil
   guide = trained[0]
   wd = str(tmp_path / "wd")
   shutil.copytree(guide, wd)
@@ -386,7 +409,6 @@ def _edited_guide(src, dst, **fields):
   """A copy of a run whose saved config says another run's values: the config is what
   the guide's checks read first, before its checkpoints."""
   import json
-  import shutil
   from diffusion_jax.config import files
   shutil.copytree(src, dst)
   path = files.saved_config_paths(str(dst))[-1]
