@@ -15,7 +15,6 @@ A benchmark that prints numbers, never a test.
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from experiments import machine  # noqa: E402
+from experiments.bench_pods import first_step_s  # noqa: E402
 
 RUN = r"""
 import json, resource, sys
@@ -54,10 +54,8 @@ def run(variant: str, workdir: str, args, env) -> dict:
   wall = time.perf_counter() - t0
   if r.returncode:
     sys.exit(f"error: the {variant} run failed:\n{r.stderr[-3000:]}")
-  out = r.stdout + r.stderr
-  first = re.search(r"first step \(with compilation\) took ([\d.]+)s", out)
   return {"variant": variant, "batch": args.batch, "wall_s": wall,
-          "first_step_s": float(first.group(1)) if first else None,
+          "first_step_s": first_step_s(r.stdout + r.stderr),
           **json.loads(r.stdout.strip().splitlines()[-1])}
 
 
