@@ -2,6 +2,7 @@
 process with the compilation cache off: why tests/conftest.py sets its XLA_FLAGS.
 
   JAX_PLATFORMS=cpu python experiments/bench_test_compile.py --rounds=2
+  JAX_PLATFORMS=cpu python experiments/bench_test_compile.py --rounds=4 --sets=2,3
 
 Prints, per flag set and round, the compile's CPU and wall seconds, the CPU seconds of
 3 steps and the last loss (equal across sets: the flags change no result here). A
@@ -17,7 +18,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 FLAG_SETS = {"default": "", "no llvm opt": BASE,
-             "no llvm opt, no fusion emitters": BASE + " --xla_cpu_use_fusion_emitters=false"}
+             "no llvm opt, no fusion emitters": BASE + " --xla_cpu_use_fusion_emitters=false",
+             "no llvm opt, no fusion emitters, one codegen part":
+                 BASE + " --xla_cpu_use_fusion_emitters=false"
+                 " --xla_cpu_parallel_codegen_split_count=1"}
 
 WORKER = r"""
 import json, os, sys, time
@@ -58,10 +62,20 @@ def cpu_model() -> str:
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--sets", default="", help="positions in FLAG_SETS to run, e.g. 2,3 (all)")
   args = p.parse_args()
+  names = list(FLAG_SETS)
+  try:
+    chosen = [names[int(i)] for i in args.sets.split(",")] if args.sets else names
+  except (ValueError, IndexError):
+    raise SystemExit(f"error: --sets={args.sets!r}: give positions 0-{len(names) - 1}, "
+                     "comma-separated")
+  if args.rounds < 1:
+    raise SystemExit(f"error: --rounds={args.rounds} must be at least 1")
   print(json.dumps({"cpu": cpu_model(), "cores": os.cpu_count()}), flush=True)
   for r in range(args.rounds):
-    for name, flags in FLAG_SETS.items():  # Interleaved: each round runs every set.
+    for name in chosen:  # Interleaved: each round runs every set.
+      flags = FLAG_SETS[name]
       env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
       env.pop("JAX_COMPILATION_CACHE_DIR", None)
       out = subprocess.run([sys.executable, "-c", WORKER, ROOT, flags], env=env,
