@@ -34,9 +34,9 @@ Scale settings, for a v5e-64 slice (`v5e:8x8`, 64 chips of 16 GiB): bf16 compute
 float32 parameters, EMA and Adam state (4.76 GB; split 4 ways, mesh.fsdp=4: 1.19 GB
 per chip), every residual and attention block rematerialised
 (model.remat="block"), 32 images per chip in 2 microbatches of 16.
-Fit NOT known: the ahead-of-time check did not finish within 25 minutes on a shared
-2-core machine (experiments/README.md, "Large configs"); run it on a machine with more
-cores before paying for the slice:
+Fits: the ahead-of-time check of the train step for v5e:8x8 reports 3,840 MiB a chip
+of its 16 GiB (23%; experiments/README.md, "Large configs"). The check took 18 minutes
+and 19 GB of host memory on a 2-core CPU:
   python -m diffusion_jax.launch check --config=configs/imagenet64_adm.py --topology=v5e:8x8
 Command (on every host of the slice, docs/pods.md):
   python -m diffusion_jax.main --config=configs/imagenet64_adm.py --workdir=gs://BUCKET/runs/adm64 \

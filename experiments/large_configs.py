@@ -7,6 +7,8 @@ config; with --time_log, also the resources of a `launch check` run under
   python experiments/large_configs.py --time_log=experiments/results/launch_check_imagenet64_adm_v5e_8x8.log \
       --out=experiments/results/launch_check_imagenet64_adm_v5e_8x8.jsonl
 
+With a report in the log, its per-device numbers (MiB) and verdict are read too.
+
 The latent (EDM2) configs' U-Nets are built on the latent of SD's VAE (its config is
 models.autoencoder.AutoencoderConfig's defaults; its weights are not needed).
 """
@@ -96,6 +98,14 @@ def time_row(log: str) -> dict:
     else:
       row[key] = float(value)
   row["report"] = "printed" if "per-device memory of the compiled train step" in text else "none"
+  # The report's lines (launch/check.py: Report.text), where it printed one.
+  for key in ("arguments", "outputs", "aliased", "temporaries", "code", "total"):
+    found = re.search(rf"^  {key} +(-?[\d.]+) MiB", text, re.M)
+    if found:
+      row[f"{key}_mib"] = float(found.group(1))
+  found = re.search(r"HBM: (fits|does NOT fit|capacity unknown)", text)
+  if found:
+    row["verdict"] = found.group(1)
   return row
 
 
