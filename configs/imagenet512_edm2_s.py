@@ -15,7 +15,7 @@ host, mesh.fsdp=4: 1.12 GB per chip), every residual and attention block remater
 v5e (16 GiB): every batch of 512x512 images also goes through SD's VAE encoder inside
 the train step, in its weight file's dtype (float32 for a converted SD VAE), and its
 activations at 512x512 come on top of the U-Net's (not measured).
-Fit NOT checked: `launch check` does not take latent configs yet (on a 2-core CPU the
+Fit NOT checked: `launch check` does not take latent configs yet (on a 2-core AMD EPYC the
 check of the pixel config, configs/imagenet64_adm.py, took 18 minutes and 19 GB).
 What eval_shape shows is the train state's share per chip above (docs/configs.md,
 "Large configs").

@@ -36,7 +36,7 @@ per chip), every residual and attention block rematerialised
 (model.remat="block"), 32 images per chip in 2 microbatches of 16.
 Fits: the ahead-of-time check of the train step for v5e:8x8 reports 3,840 MiB a chip
 of its 16 GiB (23%; experiments/README.md, "Large configs"). The check took 18 minutes
-and 19 GB of host memory on a 2-core CPU:
+and 19 GB of host memory on a 2-core AMD EPYC (AVX-512):
   python -m diffusion_jax.launch check --config=configs/imagenet64_adm.py --topology=v5e:8x8
 Command (on every host of the slice, docs/pods.md):
   python -m diffusion_jax.main --config=configs/imagenet64_adm.py --workdir=gs://BUCKET/runs/adm64 \

@@ -224,7 +224,7 @@ def jitted_train_step(spec, net, tx, mesh, abstract=None):
   argument (replicated), not constants of the program. `abstract` is init_fns' abstract
   state, if at hand (else traced again)."""
   step, extra, _ = _jitted_step_and_args(spec, net, tx, mesh, abstract)
-  return (lambda state, batch: step(state, batch, *extra)) if extra else step
+  return _with_extra(step, extra)
 
 
 def compiled_train_step(spec, net, tx, mesh, abstract, batch):
@@ -234,7 +234,12 @@ def compiled_train_step(spec, net, tx, mesh, abstract, batch):
   step, extra, abstract = _jitted_step_and_args(spec, net, tx, mesh, abstract)
   compiled = step.lower(abstract, batch, *extra).compile()
   host_memory.release_freed()
-  return (lambda state, batch: compiled(state, batch, *extra)) if extra else compiled
+  return _with_extra(compiled, extra)
+
+
+def _with_extra(step, extra: tuple):
+  """step(state, batch, *extra) as a function of (state, batch)."""
+  return (lambda state, batch: step(state, batch, *extra)) if extra else step
 
 
 def _jitted_step_and_args(spec, net, tx, mesh, abstract):
