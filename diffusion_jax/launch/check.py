@@ -4,12 +4,19 @@ topology (names as libtpu spells them: v4:2x2x1, v5e:4x4, v5p:2x2x1, v6e:2x2, ..
 this machine, with no TPU (libtpu comes with the `tpu` extra), and prints each
 device's memory as the compiled program needs it and whether it fits the chip's HBM.
 Exit status 0 if it fits, 1 if not, 2 on a bad input.
+
+A latent diffusion config's step encodes each batch of images: the autoencoder its
+latent.autoencoder names (a workdir or a converted weight file) is read as the run
+reads it, and the encoder's weights are an argument of the compiled step; from a
+latent cache (latent.cache) the step takes the cached posteriors instead. Neither the
+dataset nor the cache is read.
 """
 
 import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 from absl import flags
 from jax.experimental import topologies
 from ml_collections import config_flags
@@ -91,6 +98,10 @@ def abstract_batch(spec: spec_lib.Spec, net, mesh) -> dict:
   x, _, cond = state_lib.dummy_inputs(net, b, spec.data.image_size, spec.data.channels)
   arrays = {"image": x, "label": cond.labels, "tokens": cond.tokens,
             "text_emb": cond.text_emb, "text_mask": cond.text_mask}
+  if spec.latent.cache:  # Training reads the posteriors (mean, log variance), no pixels.
+    h, w, c = spec.model_shape
+    arrays["image"] = None
+    arrays["moments"] = jax.ShapeDtypeStruct((b, h, w, 2 * c), jnp.float32)
   data = mesh_lib.data_sharded(mesh)
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data)
           for k, v in arrays.items() if v is not None}
@@ -109,21 +120,25 @@ def as_on_device(config):
 
 def compile_report(config, topology: str) -> Report:
   """Compiles the train step for `topology` and reads its memory use."""
-  devices = topology_devices(topology)
+  return report_for(config, topology_devices(topology), topology)
+
+
+def report_for(config, devices: list, name: str) -> Report:
+  """Compiles the train step for `devices` (a topology's, or this host's) and reads
+  its memory use."""
   config = as_on_device(config)
   spec = spec_lib.parse(config, len(devices))
-  # Its U-Net's shapes come from the autoencoder, which this check does not load.
-  require(not spec.latent.autoencoder, "check: latent diffusion configs (latent.autoencoder) "
-          "are not supported yet")
+  # A latent run's U-Net takes the autoencoder's latents, and its step runs the encoder:
+  # the autoencoder is loaded as the run would load it (only its shapes are compiled).
+  spec = build.with_autoencoder(spec)
   mesh = mesh_lib.make_mesh(fsdp=spec.mesh.fsdp, devices=devices)
   net, tx = build.model(spec), build.optimizer_of(spec)
   _, _, abstract = build.init_fns(spec, net, tx, mesh)
   batch = abstract_batch(spec, net, mesh)
-  step = build.jitted_train_step(spec, net, tx, mesh, abstract)
-  compiled = step.lower(abstract, batch).compile()
+  compiled = build.lowered_train_step(spec, net, tx, mesh, abstract, batch).compile()
   m = compiled.memory_analysis()
   kind = devices[0].device_kind
-  return Report(topology=topology, device_kind=kind, num_devices=len(devices),
+  return Report(topology=name, device_kind=kind, num_devices=len(devices),
                 num_hosts=len({d.process_index for d in devices}),
                 batch_size=spec.training.batch_size,
                 arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes,

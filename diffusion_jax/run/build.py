@@ -47,25 +47,33 @@ def _check_diffusion(spec: spec_lib.Spec, mode: str) -> spec_lib.Spec:
   if evaluates and ecfg.sample_metrics:
     splits["eval.reference_split"] = (ecfg.reference_split, 2)
   pipeline.check(spec.data, splits, spec.model.text)
-  if spec.latent.autoencoder:
-    ae = latent_lib.load(spec.latent.autoencoder)
-    d = spec.data
-    latent_lib.check_data(ae, d.image_size, d.channels)
-    h, _, c = ae.latent_shape(d.image_size)
-    # The U-Net denoises latents: its output channels are the latent's (model.out_channels,
-    # tied to data.channels, is the pixel-space value).
-    net_cfg = dataclasses.replace(spec.model, out_channels=c)
-    try:
-      net_cfg.check_input(h, c, d.num_classes)
-    except ConfigError as e:
-      raise ConfigError(*(f"{p} (the U-Net's input is the {h}x{h}x{c} latent of "
-                          f"latent.autoencoder={spec.latent.autoencoder!r})"
-                          for p in e.problems)) from None
-    spec.cond.check_latent(net_cfg, d.image_size, d.channels, c)
-    if spec.latent.cache and mode == "train":
-      latent_cache.check(spec.latent.cache, ae, d, spec.config)
-    spec = dataclasses.replace(spec, autoencoder=ae, model=net_cfg)
+  spec = with_autoencoder(spec)
+  if spec.latent.cache and mode == "train":
+    latent_cache.check(spec.latent.cache, spec.autoencoder, spec.data, spec.config)
   return spec
+
+
+def with_autoencoder(spec: spec_lib.Spec) -> spec_lib.Spec:
+  """A latent diffusion spec with its autoencoder loaded and checked against the data
+  and the U-Net, whose input becomes the latent (ConfigError if they disagree); a
+  pixel-space spec as it is."""
+  if not spec.latent.autoencoder:
+    return spec
+  ae = latent_lib.load(spec.latent.autoencoder)
+  d = spec.data
+  latent_lib.check_data(ae, d.image_size, d.channels)
+  h, _, c = ae.latent_shape(d.image_size)
+  # The U-Net denoises latents: its output channels are the latent's (model.out_channels,
+  # tied to data.channels, is the pixel-space value).
+  net_cfg = dataclasses.replace(spec.model, out_channels=c)
+  try:
+    net_cfg.check_input(h, c, d.num_classes)
+  except ConfigError as e:
+    raise ConfigError(*(f"{p} (the U-Net's input is the {h}x{h}x{c} latent of "
+                        f"latent.autoencoder={spec.latent.autoencoder!r})"
+                        for p in e.problems)) from None
+  spec.cond.check_latent(net_cfg, d.image_size, d.channels, c)
+  return dataclasses.replace(spec, autoencoder=ae, model=net_cfg)
 
 
 def _diffusion_model(spec: spec_lib.Spec) -> UNet:
@@ -224,7 +232,7 @@ def jitted_train_step(spec, net, tx, mesh, abstract=None):
   argument (replicated), not constants of the program. `abstract` is init_fns' abstract
   state, if at hand (else traced again)."""
   step, extra, _ = _jitted_step_and_args(spec, net, tx, mesh, abstract)
-  return _with_extra(step, extra)
+  return _with_extra(step, jax.device_put(extra, mesh_lib.replicated(mesh)))
 
 
 def compiled_train_step(spec, net, tx, mesh, abstract, batch):
@@ -232,9 +240,19 @@ def compiled_train_step(spec, net, tx, mesh, abstract, batch):
   feeds them), rather than inside its first call; then the host memory that compiling
   freed goes back to the system before the first step runs (training/host_memory.py)."""
   step, extra, abstract = _jitted_step_and_args(spec, net, tx, mesh, abstract)
+  extra = jax.device_put(extra, mesh_lib.replicated(mesh))
   compiled = step.lower(abstract, batch, *extra).compile()
   host_memory.release_freed()
   return _with_extra(compiled, extra)
+
+
+def lowered_train_step(spec, net, tx, mesh, abstract, batch):
+  """jitted_train_step lowered for the abstract state and batch, with no array put on a
+  device: the ahead-of-time check compiles it for devices this host does not have."""
+  step, extra, abstract = _jitted_step_and_args(spec, net, tx, mesh, abstract)
+  repl = mesh_lib.replicated(mesh)
+  extra = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), extra)
+  return step.lower(abstract, batch, *extra)
 
 
 def _with_extra(step, extra: tuple):
@@ -243,7 +261,7 @@ def _with_extra(step, extra: tuple):
 
 
 def _jitted_step_and_args(spec, net, tx, mesh, abstract):
-  """The jitted train step, the arguments it takes after (state, batch), and the
+  """The jitted train step, the host arrays it takes after (state, batch), and the
   abstract state."""
   abstract = abstract if abstract is not None else init_fns(spec, net, tx, mesh)[2]
   state = jax.tree.map(lambda x: x.sharding, abstract)
@@ -256,7 +274,7 @@ def _jitted_step_and_args(spec, net, tx, mesh, abstract):
                    compiler_options=options), (), abstract
   step = jax.jit(train_step(spec, net, tx), in_shardings=(state, data, repl),
                  out_shardings=(state, repl), donate_argnums=(0,), compiler_options=options)
-  return step, (jax.device_put(ae_params, repl),), abstract
+  return step, (ae_params,), abstract
 
 
 def init_fns(spec, net, tx, mesh):
@@ -326,5 +344,6 @@ def restore_run(workdir: str, mesh, config=None):
 
 
 __all__ = ["KINDS", "Kind", "checked", "compiled_train_step", "encoder_params", "init_fns",
-           "jitted_train_step", "kind_of", "load_state", "model", "optimizer_of", "restore_run",
-           "restore_state", "train_step", "with_trained_schedule"]
+           "jitted_train_step", "kind_of", "load_state", "lowered_train_step", "model",
+           "optimizer_of", "restore_run", "restore_state", "train_step", "with_autoencoder",
+           "with_trained_schedule"]

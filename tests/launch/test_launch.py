@@ -8,6 +8,8 @@ import subprocess
 import sys
 import tarfile
 
+import jax
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
@@ -130,6 +132,51 @@ def test_check_compiles_for_a_tpu_topology_on_this_cpu(tmp_path):
   r, _ = launch(tmp_path, "check", f"--config={ROOT}/configs/digits.py", "--topology=v5e:2x2",
                 *TINY[:-1], "--config.training.batch_size=6")
   assert r.returncode == 2 and "is not divisible by the 4 devices" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="libtpu is not installed (the `tpu` extra)")
+def test_check_of_a_latent_config_compiles_the_step_that_encodes(tmp_path):
+  from diffusion_jax.models import convert_vae
+  from diffusion_jax.models.autoencoder import AutoencoderConfig
+  from tests.models.test_autoencoder import rand_params
+  # An encoder far larger than the tiny U-Net's train state (9 MiB a device here): its
+  # weights must be among the step's arguments (jit drops the unused decoder's).
+  cfg = AutoencoderConfig(block_out_channels=(256, 256, 256), layers_per_block=1)
+  params = rand_params(cfg)
+  encoder_mib = sum(np.asarray(x).size * 4 for x in jax.tree.leaves(params["encoder"])) / 2**20
+  convert_vae.save(str(tmp_path / "vae.npz"), cfg, params)
+  config = f"--config={ROOT}/configs/photo_latent.py"
+  r, _ = launch(tmp_path, "check", config, "--topology=v5e:2x2",
+                "--config.latent.autoencoder=vae.npz", *TINY)
+  assert r.returncode == 0, r.stderr[-3000:]
+  arguments = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("arguments"))
+  assert encoder_mib > 25 and float(arguments.split()[1]) >= encoder_mib, (encoder_mib, r.stdout)
+  assert "of 16.0 GiB HBM: fits" in r.stdout
+  r, _ = launch(tmp_path, "check", config, "--topology=v5e:2x2",
+                "--config.latent.autoencoder=none.npz", *TINY)
+  assert r.returncode == 2 and ("latent.autoencoder='none.npz': no such autoencoder workdir "
+                                "or weight file") in r.stderr, r.stderr[-2000:]
+
+
+def test_check_of_a_latent_cache_run_compiles_the_step_without_the_encoder(tmp_path):
+  # Compiled for this host's CPU: the same report, no libtpu.
+  from diffusion_jax.config import files
+  from diffusion_jax.launch import check
+  from diffusion_jax.models import convert_vae
+  from diffusion_jax.models.autoencoder import AutoencoderConfig
+  from tests.conftest import apply_overrides
+  from tests.models.test_autoencoder import rand_params
+  cfg = AutoencoderConfig(block_out_channels=(256, 256, 256), layers_per_block=1)
+  params = rand_params(cfg)
+  convert_vae.save(str(tmp_path / "vae.npz"), cfg, params)
+  encoder = sum(np.asarray(x).size * 4 for x in jax.tree.leaves(params["encoder"]))
+  config = apply_overrides(files.load(os.path.join(ROOT, "configs", "photo_latent.py")), {
+      "latent.autoencoder": str(tmp_path / "vae.npz"), "latent.cache": str(tmp_path / "none"),
+      "model.ch": 16, "model.attn_resolutions": (), "training.batch_size": 8})
+  report = check.report_for(config, jax.devices("cpu")[:1], "cpu")
+  assert report.batch_size == 8 and report.num_devices == 1
+  # The state, its batch of 8x8x4 latents' posteriors, no encoder (28 MiB).
+  assert 0 < report.arguments < encoder / 4, (report.arguments, encoder)
 
 
 def test_check_traces_the_accelerator_program_not_the_cpu_one():
