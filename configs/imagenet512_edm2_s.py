@@ -11,14 +11,13 @@ Parameters: 279,615,364 (eval_shape on the 64x64x4 latent; tests/test_large_conf
 Scale settings, for a v5p-128 slice (`v5p:4x4x4`, 64 chips of 95 GiB, 4 per host): bf16
 compute with float32 parameters, EMA and Adam state (4.47 GB; split over the 4 chips of a
 host, mesh.fsdp=4: 1.12 GB per chip), every residual and attention block rematerialised
-(model.remat="block"), 32 images per chip in one microbatch. v5p (95 GiB) rather than
-v5e (16 GiB): every batch of 512x512 images also goes through SD's VAE encoder inside
-the train step, in its weight file's dtype (float32 for a converted SD VAE), and its
-activations at 512x512 come on top of the U-Net's (not measured).
-Fit NOT checked: `launch check` does not take latent configs yet (on a 2-core AMD EPYC the
-check of the pixel config, configs/imagenet64_adm.py, took 18 minutes and 19 GB).
-What eval_shape shows is the train state's share per chip above (docs/configs.md,
-"Large configs").
+(model.remat="block"), 32 images per chip in one microbatch. Every batch of 512x512
+images also goes through SD's VAE encoder inside the train step, in its weight file's
+dtype (float32 for a converted SD VAE), in 4 chunks of 8 images a chip
+(latent.encode_chunks, configs/_edm2.py).
+Fit, by `launch check` on v5p:4x4x4 with a file of SD's VAE architecture:
+6,648 MiB a chip of 95 GiB (7%); 15,052 MiB with the 32 images encoded at once, of
+which the encoder took about 10.4 GiB (experiments/README.md, "Large configs").
 
 Command (on every host of the slice; sd_vae.npz from diffusion_jax.models.convert_vae):
   python -m diffusion_jax.main --config=configs/imagenet512_edm2_s.py --workdir=gs://BUCKET/runs/edm2_s \

@@ -12,9 +12,11 @@ Scale settings, for a v5p-128 slice (`v5p:4x4x4`, 64 chips of 95 GiB, 4 per host
 compute with float32 parameters, EMA and Adam state (17.86 GB; split over the 4 chips of
 a host, mesh.fsdp=4: 4.47 GB per chip), every residual and attention block
 rematerialised (model.remat="block"), 32 images per chip in 2 microbatches of 16 (the
-microbatches split the U-Net's work; SD's VAE encodes all 32 first: training/step.py).
-Fit NOT checked (see configs/imagenet512_edm2_s.py); per-chip train state from
-eval_shape in docs/configs.md, "Large configs".
+microbatches split the U-Net's work; SD's VAE encodes all 32 first, in 4 chunks of 8:
+latent.encode_chunks, configs/_edm2.py).
+Fit, by `launch check` on v5p:4x4x4 with a file of SD's VAE architecture:
+10,521 MiB a chip of 95 GiB (11%); 17,936 MiB with the 32 images encoded at once
+(experiments/README.md, "Large configs").
 
 Command (on every host of the slice; sd_vae.npz from diffusion_jax.models.convert_vae):
   python -m diffusion_jax.main --config=configs/imagenet512_edm2_xl.py --workdir=gs://BUCKET/runs/edm2_xl \

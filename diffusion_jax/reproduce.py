@@ -368,7 +368,8 @@ def _cell(v) -> str:
   if isinstance(v, int):
     return f"{v:,}"
   if isinstance(v, float):
-    return f"{v:,.4g}"
+    # 4 significant digits, but whole numbers from 10,000 up (not 1.302e+04).
+    return f"{v:,.0f}" if 1e4 <= abs(v) < 1e15 else f"{v:,.4g}"
   return str(v)
 
 

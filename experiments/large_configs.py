@@ -7,7 +7,8 @@ config; with --time_log, also the resources of a `launch check` run under
   python experiments/large_configs.py --time_log=experiments/results/launch_check_imagenet64_adm_v5e_8x8.log \
       --out=experiments/results/launch_check_imagenet64_adm_v5e_8x8.jsonl
 
-With a report in the log, its per-device numbers (MiB) and verdict are read too.
+With a report in the log, its per-device numbers (MiB) and verdict are read too;
+--field=KEY=VALUE adds what the log does not show (e.g. --field=encode_chunks=4).
 
 The latent (EDM2) configs' U-Nets are built on the latent of SD's VAE (its config is
 models.autoencoder.AutoencoderConfig's defaults; its weights are not needed).
@@ -113,8 +114,18 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="JSON lines to write (must not exist)")
   p.add_argument("--time_log", default="", help="a `/usr/bin/time -v` log to read instead")
+  p.add_argument("--field", action="append", default=[],
+                 help="KEY=VALUE added to the --time_log row (what its command line does "
+                      "not show, e.g. a config default at that commit); repeatable")
   args = p.parse_args()
-  rows = [time_row(args.time_log)] if args.time_log else [state_row(n) for n in CONFIGS]
+  fields = {}
+  for field in args.field:
+    key, sep, value = field.partition("=")
+    if not (args.time_log and sep and key):
+      p.error(f"--field={field!r}: give KEY=VALUE, with --time_log")
+    fields[key] = value
+  rows = [{**time_row(args.time_log), **fields}] if args.time_log else [
+      state_row(n) for n in CONFIGS]
   with open(args.out, "x") as f:
     for row in rows:
       f.write(json.dumps(row) + "\n")

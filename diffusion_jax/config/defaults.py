@@ -95,6 +95,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Diffusion runs: a latent cache of data.split under that autoencoder (built by
   # python -m diffusion_jax.run.latent_cache), read instead of encoding each batch; "" = encode.
   la.cache = ""
+  # Diffusion runs that encode: the train step encodes each device's images in this many
+  # chunks, one after another (fewer activations at once; the same latents). It must
+  # divide the per-device batch.
+  la.encode_chunks = 1
   # Autoencoder runs: batches of the training split whose posterior samples give the
   # latent scale (1 / their std), computed at the end of training.
   la.scale_batches = 8

@@ -93,7 +93,7 @@ def _diffusion_step(spec: spec_lib.Spec, net: UNet, tx):
   if spec.autoencoder and spec.latent.cache:
     sample_cached = latent_lib.cached_sampler(spec.autoencoder.config)
   elif spec.autoencoder:
-    encode = latent_lib.encoder(spec.autoencoder.config)
+    encode = latent_lib.encoder(spec.autoencoder.config, spec.latent.encode_chunks)
   return make_train_step(net, tx, spec.diffusion, spec.training.ema_decay, spec.dropout,
                          spec.cond, spec.training.microbatches, encode, sample_cached,
                          spec.augment)

@@ -30,15 +30,33 @@ class LatentConfig:
   """The diffusion run's fields of the `latent` section."""
   autoencoder: str  # "" = pixel space.
   cache: str = ""  # A latent cache (run/latent_cache.py) training reads; "" = encode.
+  # The train step encodes each device's images in this many chunks, one after another:
+  # the encoder's activations are a chunk's, the latents the same as in one go.
+  encode_chunks: int = 1
 
   @classmethod
   def from_config(cls, section) -> "LatentConfig":
     path, cache = section.autoencoder, section.get("cache", "")
+    chunks = section.get("encode_chunks", 1)
     require(isinstance(path, str), f"latent.autoencoder={path!r} must be a path (or \"\")")
     require(isinstance(cache, str), f"latent.cache={cache!r} must be a path (or \"\")")
     require(not cache or path, f"latent.cache={cache!r} without latent.autoencoder: a "
             "cache holds the latents of one autoencoder; name it")
-    return cls(autoencoder=path, cache=cache)
+    require(isinstance(chunks, int) and not isinstance(chunks, bool) and chunks >= 1,
+            f"latent.encode_chunks={chunks!r} must be an integer >= 1")
+    require(chunks == 1 or (path and not cache), f"latent.encode_chunks={chunks} needs a "
+            "train step that encodes: latent.autoencoder set and no latent.cache")
+    return cls(autoencoder=path, cache=cache, encode_chunks=chunks)
+
+  def check_devices(self, batch_size: int, num_devices: int) -> None:
+    """The chunks split each device's share of the batch evenly."""
+    if batch_size % num_devices:
+      return  # An uneven batch is mesh.check_batch's error.
+    per_device = batch_size // num_devices
+    require(per_device % self.encode_chunks == 0,
+            f"latent.encode_chunks={self.encode_chunks} does not divide the per-device batch "
+            f"{per_device} (training.batch_size={batch_size} / {num_devices} devices); "
+            f"allowed: the divisors of {per_device}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,13 +141,25 @@ def check_data(ae: Autoencoder, image_size: int, channels: int) -> None:
           f"f={cfg.factor}")
 
 
-def encoder(cfg: ae_lib.AutoencoderConfig) -> Callable:
+def encoder(cfg: ae_lib.AutoencoderConfig, chunks: int = 1) -> Callable:
   """fn(params, images, key) -> the diffusion model's latents of images in [-1, 1]: a
-  posterior sample, or with key None the posterior mean (image conditions)."""
+  posterior sample, or with key None the posterior mean (image conditions). With
+  `chunks` k > 1 the posteriors are computed for k chunks of the batch one after
+  another (chunk i = examples i, i + k, ...: each device's share splits evenly when k
+  divides it), then sampled as one batch: the same latents."""
   net = ae_lib.AutoencoderKL(cfg)
 
+  def posterior_of(params, images):
+    return net.apply({"params": params}, images, method="encode")
+
+  def chunked(params, images):
+    b = images.shape[0]
+    split = jnp.swapaxes(images.reshape(b // chunks, chunks, *images.shape[1:]), 0, 1)
+    parts = jax.lax.map(lambda x: posterior_of(params, x), split)
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape(b, *a.shape[2:]), parts)
+
   def encode(params, images, key=None):
-    posterior = net.apply({"params": params}, images, method="encode")
+    posterior = (chunked if chunks > 1 else posterior_of)(params, images)
     z = posterior.mode() if key is None else posterior.sample(key)
     return jax.lax.stop_gradient(ae_lib.normalize_latents(cfg, z))
   return encode

@@ -131,6 +131,7 @@ def parse(config: ml_collections.ConfigDict, num_devices: int) -> Spec:
   cross(("training",), lambda t: mesh_lib.check_batch(t.batch_size, num_devices,
                                                       "training.batch_size"))
   cross(("training",), lambda t: t.check_devices(num_devices))
+  cross(("training", "latent"), lambda t, la: la.check_devices(t.batch_size, num_devices))
   cross(("mesh",), lambda m: m.check_devices(num_devices))
   cross(("sample_set",), lambda s: mesh_lib.check_batch(s.batch_size, num_devices,
                                                         "sample.batch_size"))

@@ -8,6 +8,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ from diffusion_jax.models import autoencoder as ae_lib
 from diffusion_jax.models import convert_vae
 from diffusion_jax.run import latent as latent_lib
 from tests.conftest import cli
+from tests.models.test_autoencoder import numpy_params
 
 # A tiny autoencoder on digits: 8x8x1 -> 4x4x4, the discriminator on from step 2.
 AE = {
@@ -93,11 +95,29 @@ def test_latent_scale_matches_its_definition(autoencoder):
 def latent_run(autoencoder, data_dir):
   root, resumed, _, _ = autoencoder
   wd = str(root / "latent_digits")
+  # Encoded in 2 chunks: test_latent_diffusion_trains_from_a_latent_cache finds the
+  # cached run's losses (its latents sampled from one batch of posteriors) equal.
   r = cli(wd, overrides={"latent.autoencoder": resumed, "training.num_steps": 2,
-                         "training.log_every": 1, "optim.warmup_steps": 1},
+                         "training.log_every": 1, "optim.warmup_steps": 1,
+                         "latent.encode_chunks": 2},
           data_dir=data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   return wd, r
+
+
+def test_encoding_in_chunks_gives_the_same_latents_with_a_chunk_s_activations():
+  cfg = ae_lib.AutoencoderConfig(in_channels=1, out_channels=1, block_out_channels=(16, 16),
+                                 norm_num_groups=4, layers_per_block=1)
+  params = jax.tree.map(jnp.asarray, numpy_params(ae_lib.param_shapes(cfg)))
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 1)), jnp.float32)
+  key = jax.random.key(1)
+  whole, chunked = latent_lib.encoder(cfg), latent_lib.encoder(cfg, chunks=4)
+  for k in (key, None):  # A posterior sample, and the mean (image conditions).
+    np.testing.assert_allclose(chunked(params, images, k), whole(params, images, k),
+                               rtol=1e-5, atol=1e-6)
+  temps = [jax.jit(f).lower(params, images, key).compile().memory_analysis().temp_size_in_bytes
+           for f in (whole, chunked)]
+  assert temps[1] < temps[0] / 2, temps
 
 
 def test_latent_diffusion_trains_and_samples_decoded_images(latent_run, data_dir):
@@ -154,7 +174,8 @@ def _errors(result):
 @pytest.mark.parametrize("case", ["missing", "channels", "size", "not_an_autoencoder", "no_scale",
                                   "bad_kind", "ae_mode", "bpd", "cache_other_ae",
                                   "cache_other_data", "cache_missing", "cache_image_cond",
-                                  "cache_no_ae", "cond_channels", "cond_project"])
+                                  "cache_no_ae", "cond_channels", "cond_project",
+                                  "chunks_uneven", "chunks_cache"])
 def test_bad_latent_inputs_fail_cleanly_and_write_nothing(case, autoencoder, latent_run,
                                                           latent_cache_dir, tmp_path, data_dir):
   _, resumed, _, _ = autoencoder
@@ -215,6 +236,13 @@ def test_bad_latent_inputs_fail_cleanly_and_write_nothing(case, autoencoder, lat
     over.update({"latent.autoencoder": resumed, "cond.image": "inpaint",
                  "model.cond_image_channels": 5, "sample.project": True})
     message = "the projection is onto images"
+  elif case == "chunks_uneven":
+    over.update({"latent.autoencoder": resumed, "latent.encode_chunks": 3})
+    message = "latent.encode_chunks=3 does not divide the per-device batch 16"
+  elif case == "chunks_cache":
+    over.update({"latent.autoencoder": resumed, "latent.cache": cache,
+                 "latent.encode_chunks": 2})
+    message = "latent.encode_chunks=2 needs a train step that encodes"
   before = sorted(os.listdir(wd)) if os.path.isdir(wd) else None
   r = cli(wd, *args, overrides=over, data_dir=data_dir,
           config=None if case == "ae_mode" else "configs/digits.py",
