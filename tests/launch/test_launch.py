@@ -119,65 +119,65 @@ TINY = ["--config.model.ch=16", "--config.model.ch_mult=(1,2)", "--config.model.
         "--config.model.attn_resolutions=()", "--config.training.batch_size=8"]
 
 
+def vae_file(path) -> int:
+  """Writes a VAE weight file whose encoder is far larger than the tiny U-Net's train
+  state (9 MiB a device here); returns the encoder's bytes."""
+  from diffusion_jax.models import convert_vae
+  from diffusion_jax.models.autoencoder import AutoencoderConfig
+  from tests.models.test_autoencoder import rand_params
+  cfg = AutoencoderConfig(block_out_channels=(256, 256, 256), layers_per_block=1)
+  params = rand_params(cfg)
+  convert_vae.save(str(path), cfg, params)
+  return sum(np.asarray(x).size * 4 for x in jax.tree.leaves(params["encoder"]))
+
+
 @pytest.mark.skipif(not _has_libtpu(), reason="libtpu is not installed (the `tpu` extra)")
 def test_check_compiles_for_a_tpu_topology_on_this_cpu(tmp_path):
-  r, _ = launch(tmp_path, "check", f"--config={ROOT}/configs/digits.py", "--topology=v5e:2x2",
-                *TINY)
+  # A latent config: a pixel config's train step with the encoder in front (the pixel
+  # path alone: compiled for this host's CPU in the next test).
+  encoder_mib = vae_file(tmp_path / "vae.npz") / 2**20
+  r, _ = launch(tmp_path, "check", f"--config={ROOT}/configs/photo_latent.py",
+                "--topology=v5e:2x2", "--config.latent.autoencoder=vae.npz", *TINY)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "topology v5e:2x2: 4 devices (TPU v5 lite), 1 host; global batch 8 (2 per device)" \
       in r.stdout
   total = next(line for line in r.stdout.splitlines() if line.strip().startswith("total"))
   assert "of 16.0 GiB HBM: fits" in total
+  # The encoder's weights are among the step's arguments (jit drops the unused decoder's).
+  arguments = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("arguments"))
+  assert encoder_mib > 25 and float(arguments.split()[1]) >= encoder_mib, (encoder_mib, r.stdout)
   # A batch that does not split over the topology's devices is refused before compiling.
   r, _ = launch(tmp_path, "check", f"--config={ROOT}/configs/digits.py", "--topology=v5e:2x2",
                 *TINY[:-1], "--config.training.batch_size=6")
   assert r.returncode == 2 and "is not divisible by the 4 devices" in r.stderr, r.stderr
 
 
-@pytest.mark.skipif(not _has_libtpu(), reason="libtpu is not installed (the `tpu` extra)")
-def test_check_of_a_latent_config_compiles_the_step_that_encodes(tmp_path):
-  from diffusion_jax.models import convert_vae
-  from diffusion_jax.models.autoencoder import AutoencoderConfig
-  from tests.models.test_autoencoder import rand_params
-  # An encoder far larger than the tiny U-Net's train state (9 MiB a device here): its
-  # weights must be among the step's arguments (jit drops the unused decoder's).
-  cfg = AutoencoderConfig(block_out_channels=(256, 256, 256), layers_per_block=1)
-  params = rand_params(cfg)
-  encoder_mib = sum(np.asarray(x).size * 4 for x in jax.tree.leaves(params["encoder"])) / 2**20
-  convert_vae.save(str(tmp_path / "vae.npz"), cfg, params)
-  config = f"--config={ROOT}/configs/photo_latent.py"
-  r, _ = launch(tmp_path, "check", config, "--topology=v5e:2x2",
-                "--config.latent.autoencoder=vae.npz", *TINY)
-  assert r.returncode == 0, r.stderr[-3000:]
-  arguments = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("arguments"))
-  assert encoder_mib > 25 and float(arguments.split()[1]) >= encoder_mib, (encoder_mib, r.stdout)
-  assert "of 16.0 GiB HBM: fits" in r.stdout
-
-
-def test_check_of_a_latent_cache_run_compiles_the_step_without_the_encoder(tmp_path):
-  # Compiled for this host's CPU: the same report, no libtpu.
+def test_check_of_pixel_and_latent_cache_configs_on_this_host_s_cpu(tmp_path):
+  # The same report, compiled for this host's CPU (no libtpu).
   from diffusion_jax.config import files
   from diffusion_jax.config.errors import ConfigError
   from diffusion_jax.launch import check
-  from diffusion_jax.models import convert_vae
-  from diffusion_jax.models.autoencoder import AutoencoderConfig
   from tests.conftest import apply_overrides
-  from tests.models.test_autoencoder import rand_params
-  cfg = AutoencoderConfig(block_out_channels=(256, 256, 256), layers_per_block=1)
-  params = rand_params(cfg)
-  convert_vae.save(str(tmp_path / "vae.npz"), cfg, params)
-  encoder = sum(np.asarray(x).size * 4 for x in jax.tree.leaves(params["encoder"]))
+  cpu = jax.devices("cpu")[:1]
+  tiny = {"model.ch": 16, "model.ch_mult": (1, 2), "model.num_res_blocks": 1,
+          "model.attn_resolutions": (), "training.batch_size": 8}
+  pixel = check.report_for(
+      apply_overrides(files.load(os.path.join(ROOT, "configs", "digits.py")), tiny), cpu, "cpu")
+  assert pixel.batch_size == 8 and pixel.num_devices == 1 and pixel.fits is None
+  assert pixel.arguments > 0 and pixel.temporaries > 0 and pixel.aliased > 0
+  assert "global batch 8 (8 per device)" in pixel.text()
+  # From a latent cache: the state and its batch of 8x8x4 latents' posteriors, no
+  # encoder (28 MiB).
+  encoder = vae_file(tmp_path / "vae.npz")
   config = apply_overrides(files.load(os.path.join(ROOT, "configs", "photo_latent.py")), {
-      "latent.autoencoder": str(tmp_path / "vae.npz"), "latent.cache": str(tmp_path / "none"),
-      "model.ch": 16, "model.attn_resolutions": (), "training.batch_size": 8})
-  report = check.report_for(config, jax.devices("cpu")[:1], "cpu")
-  assert report.batch_size == 8 and report.num_devices == 1
-  # The state, its batch of 8x8x4 latents' posteriors, no encoder (28 MiB).
+      **tiny, "latent.autoencoder": str(tmp_path / "vae.npz"),
+      "latent.cache": str(tmp_path / "none")})
+  report = check.report_for(config, cpu, "cpu")
   assert 0 < report.arguments < encoder / 4, (report.arguments, encoder)
   # An autoencoder that is not there: the run's own error, before anything compiles.
   config.latent.autoencoder = str(tmp_path / "none.npz")
   with pytest.raises(ConfigError, match="none.npz': no such autoencoder workdir or weight"):
-    check.report_for(config, jax.devices("cpu")[:1], "cpu")
+    check.report_for(config, cpu, "cpu")
 
 
 def test_check_traces_the_accelerator_program_not_the_cpu_one():
