@@ -9,6 +9,9 @@ in one process, on one tiny program.
 4. Samples from the EMA split 8 ways equal those from the replicated EMA.
 5. Guided sampling on data=8 compiles to a program with no collective operation: the
    conditional and unconditional branches of each example stay on its device.
+6. A latent run's encoder in chunks (latent.encode_chunks) on a batch split 8 ways: the
+   same latents as in one go, and no collective operation (each device encodes its own
+   share, chunk after chunk).
 """
 
 import re
@@ -103,8 +106,32 @@ def guided_collectives(spec, mesh, params) -> list[str]:
   return [m.group(1) for m in COLLECTIVES.finditer(hlo)]
 
 
+def chunked_encoding_on_8_devices() -> list[str]:
+  """Checks that the encoder in 2 chunks gives one go's latents on data=8; returns the
+  collective operations of its compiled program."""
+  from diffusion_jax.models import autoencoder as ae_lib
+  from diffusion_jax.run import latent as latent_lib
+  from tests.models.test_autoencoder import numpy_params
+  cfg = ae_lib.AutoencoderConfig(in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                                 norm_num_groups=4, layers_per_block=1)
+  mesh = mesh_lib.make_mesh(8)
+  params = jax.device_put(numpy_params(ae_lib.param_shapes(cfg)), mesh_lib.replicated(mesh))
+  pixels = np.random.default_rng(0).uniform(-1, 1, (32, 8, 8, 1)).astype(np.float32)
+  images = mesh_lib.global_batch({"image": pixels}, mesh)["image"]  # 4 a device.
+  key = jax.random.key(3)
+  whole, chunked = (jax.jit(latent_lib.encoder(cfg, k), out_shardings=mesh_lib.data_sharded(mesh))
+                    for k in (1, 2))
+  np.testing.assert_allclose(chunked(params, images, key), whole(params, images, key),
+                             rtol=1e-5, atol=1e-6)
+  hlo = chunked.lower(params, images, key).compile().as_text()
+  return [m.group(1) for m in COLLECTIVES.finditer(hlo)]
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
+  found = chunked_encoding_on_8_devices()
+  assert not found, found
+  print("the encoder in chunks on data=8: one go's latents, no collective operations")
   start, sf, lf = train(8, fsdp=2)
   _, s8, l8 = train(8, start=start)
   _, s1, l1 = train(1, start=start)

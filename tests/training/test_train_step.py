@@ -77,14 +77,17 @@ def test_tiny_model_overfits_one_batch():
 
 
 def test_same_result_on_8_devices_as_on_1():
-  """multidevice_check.py: data parallelism and the fsdp-split state on 8 devices."""
+  """multidevice_check.py: data parallelism, the fsdp-split state, guided sampling and
+  the chunked latent encoder on 8 devices."""
   env = dict(os.environ, JAX_NUM_CPU_DEVICES="8",
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "training", "multidevice_check.py")],
-                       env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  check = os.path.join(ROOT, "tests", "training", "multidevice_check.py")
+  out = subprocess.run([sys.executable, check], env=env, capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
   for line in ("devices=8", "fsdp=2 losses", "restored on data=8 and on fsdp=8",
-               "samples from the EMA split 8 ways", "guided sampling on data=8: no collective"):
+               "samples from the EMA split 8 ways", "guided sampling on data=8: no collective",
+               "the encoder in chunks on data=8: one go's latents, no collective"):
     assert line in out.stdout, out.stdout
 
 
