@@ -67,8 +67,8 @@ def base(channels: int, dropout: float, mimg: int, num_heads: int):
   d.cache = False  # 1.28M full-size JPEGs: decoded on every read.
   d.read_threads = 16
   c.latent.autoencoder = "sd_vae.npz"
-  # SD's VAE encodes each chip's 32 images in 4 chunks of 8: its float32 activations at
-  # 512x512 were 10 GB of a chip's 15 GB in one go (`launch check`, docs/configs.md).
+  # SD's VAE encodes each chip's 32 images in 4 chunks of 8: in one go its float32
+  # activations at 512x512 took ~10.4 of a chip's 14.7 GiB (`launch check`, docs/configs.md).
   c.latent.encode_chunks = 4
 
   m = c.model
