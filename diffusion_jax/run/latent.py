@@ -22,7 +22,7 @@ from diffusion_jax.config.errors import ConfigError, require
 from diffusion_jax.models import autoencoder as ae_lib
 from diffusion_jax.models import convert_vae
 from diffusion_jax.run import autoencoder as ae_run
-from diffusion_jax.training import checkpoint, optimizer
+from diffusion_jax.training import checkpoint, mesh as mesh_lib, optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +50,8 @@ class LatentConfig:
 
   def check_devices(self, batch_size: int, num_devices: int) -> None:
     """The chunks split each device's share of the batch evenly."""
-    if batch_size % num_devices:
-      return  # An uneven batch is mesh.check_batch's error.
-    per_device = batch_size // num_devices
-    require(per_device % self.encode_chunks == 0,
-            f"latent.encode_chunks={self.encode_chunks} does not divide the per-device batch "
-            f"{per_device} (training.batch_size={batch_size} / {num_devices} devices); "
-            f"allowed: the divisors of {per_device}")
+    mesh_lib.check_per_device_split(self.encode_chunks, "latent.encode_chunks", batch_size,
+                                    num_devices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,10 +148,9 @@ def encoder(cfg: ae_lib.AutoencoderConfig, chunks: int = 1) -> Callable:
     return net.apply({"params": params}, images, method="encode")
 
   def chunked(params, images):
-    b = images.shape[0]
-    split = jnp.swapaxes(images.reshape(b // chunks, chunks, *images.shape[1:]), 0, 1)
-    parts = jax.lax.map(lambda x: posterior_of(params, x), split)
-    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape(b, *a.shape[2:]), parts)
+    parts = jax.lax.map(lambda x: posterior_of(params, x),
+                        mesh_lib.split_per_device(images, chunks))
+    return jax.tree.map(mesh_lib.merge_per_device, parts)
 
   def encode(params, images, key=None):
     posterior = (chunked if chunks > 1 else posterior_of)(params, images)

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from diffusion_jax.config.errors import finite, require
+from diffusion_jax.training import mesh as mesh_lib
 from diffusion_jax.training.state import TrainState
 from diffusion_jax.training.writer import MetricWriter, Timer
 
@@ -53,13 +54,8 @@ class TrainConfig:
 
   def check_devices(self, num_devices: int) -> None:
     """Microbatches split each device's share of the batch evenly."""
-    if self.batch_size % num_devices:
-      return  # An uneven batch is mesh.check_batch's error.
-    per_device = self.batch_size // num_devices
-    require(per_device % self.microbatches == 0,
-            f"training.microbatches={self.microbatches} does not divide the per-device batch "
-            f"{per_device} (training.batch_size={self.batch_size} / {num_devices} devices); "
-            f"allowed: the divisors of {per_device}")
+    mesh_lib.check_per_device_split(self.microbatches, "training.microbatches",
+                                    self.batch_size, num_devices)
 
 
 class Preempted(Exception):

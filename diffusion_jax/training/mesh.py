@@ -16,6 +16,7 @@ import os
 from typing import Any, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -151,6 +152,30 @@ def check_batch(global_batch: int, num_devices: int, field: str) -> None:
           f"{field}={global_batch} is not divisible by the {num_devices} devices")
   require(global_batch % jax.process_count() == 0,
           f"{field}={global_batch} is not divisible by the {jax.process_count()} processes")
+
+
+def check_per_device_split(k: int, field: str, batch_size: int, num_devices: int) -> None:
+  """k parts (the config field `field`) must split each device's share of the batch
+  evenly."""
+  if batch_size % num_devices:
+    return  # An uneven batch is check_batch's error.
+  per_device = batch_size // num_devices
+  require(per_device % k == 0,
+          f"{field}={k} does not divide the per-device batch {per_device} "
+          f"(training.batch_size={batch_size} / {num_devices} devices); "
+          f"allowed: the divisors of {per_device}")
+
+
+def split_per_device(a, k: int):
+  """(B, ...) -> (k, B / k, ...), part i = examples i, i + k, ...: when k divides each
+  device's share of a batch split over devices, every part is split the same way and
+  nothing moves between devices."""
+  return jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
+
+
+def merge_per_device(a):
+  """split_per_device's inverse: (k, B / k, ...) -> (B, ...)."""
+  return jnp.swapaxes(a, 0, 1).reshape(a.shape[0] * a.shape[1], *a.shape[2:])
 
 
 def global_batch(local: dict, mesh: Mesh) -> dict:

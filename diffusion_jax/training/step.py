@@ -10,6 +10,7 @@ from diffusion_jax.conditioning import conditions
 from diffusion_jax.core import diffusion, learned_schedule
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.training import augment as augment_lib
+from diffusion_jax.training import mesh as mesh_lib
 from diffusion_jax.training.state import TrainState
 
 # fold_in index of the key that draws latents from the encoder (latent diffusion).
@@ -165,9 +166,6 @@ def _accumulated(model: UNet, diff: diffusion.Diffusion, params, examples, dropo
                  k: int):
   """(mean loss, mean gradient) over k microbatches of `examples` (x0, noise, cond)."""
 
-  def split(a):  # (B, ...) -> (k, B / k, ...); microbatch i = examples i, i + k, ...
-    return jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
-
   def grad_of(i, micro):
     x0, (t, iw, eps), cond = micro
 
@@ -186,7 +184,8 @@ def _accumulated(model: UNet, diff: diffusion.Diffusion, params, examples, dropo
     return jax.tree.map(lambda c, g: c + g, carry, (loss, grads)), None
 
   zeros = (jnp.zeros((), jnp.float32), jax.tree.map(wide, params))
-  micro = jax.tree.map(split, examples)
+  # Microbatch i = examples i, i + k, ...: each device keeps its own.
+  micro = jax.tree.map(lambda a: mesh_lib.split_per_device(a, k), examples)
   (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
   grads = jax.tree.map(lambda g, p: (g / k).astype(p.dtype), grads, params)
   return loss / k, grads
