@@ -15,7 +15,6 @@ models.autoencoder.AutoencoderConfig's defaults; its weights are not needed).
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -30,7 +29,7 @@ sys.path.insert(0, ROOT)
 
 from diffusion_jax import config as config_lib  # noqa: E402
 from diffusion_jax.models.autoencoder import AutoencoderConfig  # noqa: E402
-from diffusion_jax.run import build, spec as spec_lib  # noqa: E402
+from diffusion_jax.run import build, latent as latent_lib, spec as spec_lib  # noqa: E402
 from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
 
 # Each config and the chips of the topology its docstring names.
@@ -44,17 +43,9 @@ def load(name: str):
 
 def model_spec(config, num_devices: int) -> spec_lib.Spec:
   """The parsed spec (the run's checks for num_devices), with the U-Net's input the
-  latent of SD's VAE in latent configs."""
-  spec = spec_lib.parse(config, num_devices)
-  if not spec.latent.autoencoder:
-    return spec
-  vae = AutoencoderConfig()  # The defaults are SD's VAE (diffusers' AutoencoderKL).
-  size, channels = spec.data.image_size // vae.factor, vae.latent_channels
-  # As run/build.py does once the autoencoder is loaded: out_channels is the latent's.
-  model = dataclasses.replace(spec.model, out_channels=channels)
-  model.check_input(size, channels, spec.data.num_classes)
-  return dataclasses.replace(
-      spec, model=model, data=dataclasses.replace(spec.data, image_size=size, channels=channels))
+  latent of SD's VAE in latent configs (its architecture; no weights needed)."""
+  sd_vae = latent_lib.Autoencoder("SD's VAE architecture", AutoencoderConfig(), params=None)
+  return build.with_autoencoder(spec_lib.parse(config, num_devices), sd_vae)
 
 
 def abstract_state(spec: spec_lib.Spec, num_devices: int):

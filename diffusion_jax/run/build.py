@@ -53,13 +53,14 @@ def _check_diffusion(spec: spec_lib.Spec, mode: str) -> spec_lib.Spec:
   return spec
 
 
-def with_autoencoder(spec: spec_lib.Spec) -> spec_lib.Spec:
-  """A latent diffusion spec with its autoencoder loaded and checked against the data
-  and the U-Net, whose input becomes the latent (ConfigError if they disagree); a
-  pixel-space spec as it is."""
+def with_autoencoder(spec: spec_lib.Spec, ae: latent_lib.Autoencoder | None = None
+                     ) -> spec_lib.Spec:
+  """A latent diffusion spec with its autoencoder (`ae`, else loaded from
+  latent.autoencoder) checked against the data and the U-Net, whose input becomes the
+  latent (ConfigError if they disagree); a pixel-space spec as it is."""
   if not spec.latent.autoencoder:
     return spec
-  ae = latent_lib.load(spec.latent.autoencoder)
+  ae = ae if ae is not None else latent_lib.load(spec.latent.autoencoder)
   d = spec.data
   latent_lib.check_data(ae, d.image_size, d.channels)
   h, _, c = ae.latent_shape(d.image_size)
