@@ -31,6 +31,7 @@ from diffusion_jax import config as config_lib  # noqa: E402
 from diffusion_jax.models.autoencoder import AutoencoderConfig  # noqa: E402
 from diffusion_jax.run import build, latent as latent_lib, spec as spec_lib  # noqa: E402
 from diffusion_jax.training import mesh as mesh_lib  # noqa: E402
+from experiments import machine  # noqa: E402
 
 # Each config and the chips of the topology its docstring names.
 CONFIGS = {"imagenet64_adm.py": ("v5e:8x8", 64), "imagenet512_edm2_s.py": ("v5p:4x4x4", 64),
@@ -67,28 +68,11 @@ def state_row(name: str) -> dict:
           "state_gb": round(16 * n / 1e9, 3), "per_device_gb": round(per_device / 1e9, 3)}
 
 
-TIME_FIELDS = {"User time (seconds)": "user_s", "System time (seconds)": "system_s",
-               "Percent of CPU this job got": "cpu_percent",
-               "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall_s",
-               "Maximum resident set size (kbytes)": "max_rss_gb", "Exit status": "exit_status"}
-
-
 def time_row(log: str) -> dict:
   """What `/usr/bin/time -v` reported at the end of log, and the command it timed."""
   with open(log) as f:
     text = f.read()
-  row = {"command": re.search(r'Command being timed: "(.*)"', text).group(1)}
-  for label, key in TIME_FIELDS.items():
-    value = re.search(re.escape(label) + r": (.*)", text).group(1).strip()
-    if key == "wall_s":
-      parts = [float(p) for p in value.split(":")]
-      row[key] = round(sum(p * 60 ** i for i, p in enumerate(reversed(parts))), 2)
-    elif key == "max_rss_gb":
-      row[key] = round(int(value) * 1024 / 1e9, 2)
-    elif key in ("cpu_percent", "exit_status"):
-      row[key] = int(value.rstrip("%"))
-    else:
-      row[key] = float(value)
+  row = machine.time_report(text)
   row["report"] = "printed" if "per-device memory of the compiled train step" in text else "none"
   # The report's lines (launch/check.py: Report.text), where it printed one.
   for key in ("arguments", "outputs", "aliased", "temporaries", "code", "total"):

@@ -4,6 +4,7 @@ itself (printed, and appended to --out when given)."""
 import json
 import os
 import platform
+import re
 import subprocess
 
 
@@ -28,3 +29,26 @@ def emit(record: dict, out: str | None = None) -> None:
   if out:
     with open(out, "a") as f:
       f.write(line + "\n")
+
+
+TIME_FIELDS = {"User time (seconds)": "user_s", "System time (seconds)": "system_s",
+               "Percent of CPU this job got": "cpu_percent",
+               "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall_s",
+               "Maximum resident set size (kbytes)": "max_rss_gb", "Exit status": "exit_status"}
+
+
+def time_report(text: str) -> dict:
+  """The command and resources that `/usr/bin/time -v` reported at the end of text."""
+  row = {"command": re.search(r'Command being timed: "(.*)"', text).group(1)}
+  for label, key in TIME_FIELDS.items():
+    value = re.search(re.escape(label) + r": (.*)", text).group(1).strip()
+    if key == "wall_s":
+      parts = [float(p) for p in value.split(":")]
+      row[key] = round(sum(p * 60 ** i for i, p in enumerate(reversed(parts))), 2)
+    elif key == "max_rss_gb":
+      row[key] = round(int(value) * 1024 / 1e9, 2)
+    elif key in ("cpu_percent", "exit_status"):
+      row[key] = int(value.rstrip("%"))
+    else:
+      row[key] = float(value)
+  return row
