@@ -198,7 +198,9 @@ class Peer:
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = self.proc.stdout.readline()
     if not line:
-      sys.exit(f"error: the peer worker ({python}) did not start: is diffusers installed?")
+      sys.exit(f"error: the peer worker ({python}) did not start (its error is above): it "
+               "needs torch and diffusers, best in a venv of their own "
+               "(../shared/bench/README.md)")
     self.info = json.loads(line)
 
   def seconds(self, name: str, n: int) -> float:
