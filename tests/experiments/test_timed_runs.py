@@ -7,9 +7,9 @@ import os
 import pytest
 
 from experiments import large_configs, timed_runs
+from tests.conftest import ROOT
 
-RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "experiments", "results")
+RESULTS = os.path.join(ROOT, "experiments", "results")
 
 
 def rows(path: str) -> list[dict]:
